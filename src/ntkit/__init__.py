@@ -1,0 +1,17 @@
+"""ntkit: exact infinite-width NNGP and Neural Tangent Kernels in PyTorch.
+
+    import ntkit as nk
+    arch = nk.Sequential(nk.Linear(512, W_std=1.5, b_std=0.05), nk.ReLU(),
+                         nk.Linear(1, W_std=1.5, b_std=0.05))
+    k = arch.kernel(x1, x2)          # nk.Kernels(nngp, ntk), torch tensors (n1, n2)
+    net = arch.init((784,), seed=0)  # the finite torch network of the same parameterization
+"""
+from .from_torch import from_torch
+from .kernels import Kernels
+from .layers import (ABReLU, GELU, Elementwise, Erf, Identity, Layer, LeakyReLU, Linear, ReLU,
+                     Sequential, Sigmoid, Sin, Tanh)
+
+__version__ = "0.1.0"
+
+__all__ = ["Kernels", "Layer", "Sequential", "Linear", "ReLU", "LeakyReLU", "ABReLU", "Erf", "GELU",
+           "Sin", "Tanh", "Sigmoid", "Identity", "Elementwise", "from_torch"]

@@ -1,0 +1,39 @@
+"""Reproductions of the seeds' results, one module per experiment.
+
+Contract: each experiment module defines
+
+    def run(out_dir: pathlib.Path, quick: bool = False, seed: int = 0, **options) -> dict
+
+which writes its PNG figure(s) and a ``results.json`` of the numbers into ``out_dir`` and returns
+the same dict. ``quick=True`` is a small configuration for tests and the demo. The registry
+below maps the command-line name (``ntkit experiment NAME``) to the module and a one-line
+description; ``get(name)`` imports the module on demand.
+"""
+from importlib import import_module
+from typing import Callable, Dict, Tuple
+
+REGISTRY: Dict[str, Tuple[str, str]] = {
+    # name: (module, description)
+    "width-sweep": ("width_sweep", "empirical NTK -> analytic NTK as width grows (slope ~ -1/2)"),
+    "unit-circle": ("unit_circle", "Jacot et al.: NTK on the unit circle, widths 500 and 10,000, before/after training"),
+    "ntk-drift": ("ntk_drift", "distance of the NTK after training from the NTK at init, against width"),
+    "linearization": ("linearization", "outputs of a wide net during training vs its linearization f_t^lin"),
+    "ntk-gp": ("ntk_gp", "Jacot et al.: outputs of trained networks vs the NTK-GP mean and 80% band"),
+    "two-layer-sigmoid": ("two_layer_sigmoid", "seed 003: loss bound exp(-2 t lambda_min) and weight movement ~ m^-1/2"),
+    "lazy-training": ("lazy_training", "seed 004: relative weight change and lazy-training ratio against width"),
+    "cifar10-cntk": ("cifar10_cntk", "Arora et al. 2019: CNTK-V / CNTK-GAP on CIFAR-10, the paper's table"),
+    "uci": ("uci", "Arora et al. 2020: NTK vs RF, RBF-SVM, NNGP, MLP on the 90 UCI datasets"),
+    "digits-kernels": ("digits_kernels", "NTK/NNGP kernel regression at several depths vs baselines on digits"),
+}
+
+
+def names():
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> Callable:
+    """The ``run`` function of experiment ``name`` (ValueError naming the choices if unknown)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown experiment {name!r}; available: {', '.join(names())}")
+    module = import_module(f"{__name__}.{REGISTRY[name][0]}")
+    return module.run

@@ -1,0 +1,40 @@
+"""The public result type of an infinite-width kernel computation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """NNGP and NTK matrices of an architecture on two sets of inputs.
+
+    Attributes
+    ----------
+    nngp : torch.Tensor, shape (n1, n2)
+        K(x, x') = E[f(x) f(x')] of the network at initialization (the Gaussian-process prior).
+    ntk : torch.Tensor or None, shape (n1, n2)
+        Θ(x, x') = <∂f(x)/∂θ, ∂f(x')/∂θ> in the infinite-width limit. None when the
+        architecture has no trainable parameter.
+    """
+
+    nngp: torch.Tensor
+    ntk: Optional[torch.Tensor]
+
+    def get(self, name: str) -> torch.Tensor:
+        """Return ``self.nngp`` or ``self.ntk`` by name ('nngp' or 'ntk')."""
+        if name not in ("nngp", "ntk"):
+            raise ValueError(f"unknown kernel {name!r}: expected 'nngp' or 'ntk'")
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"kernel {name!r} was not computed (no trainable layer?)")
+        return value
+
+    def numpy(self) -> dict:
+        """Both matrices as numpy arrays (on the CPU)."""
+        out = {"nngp": self.nngp.detach().cpu().numpy()}
+        if self.ntk is not None:
+            out["ntk"] = self.ntk.detach().cpu().numpy()
+        return out

@@ -1,0 +1,11 @@
+"""Infinite-width layers. Each maps a KernelState to the next (see ``state.py``)."""
+from .base import Layer
+from .dense import Linear
+from .quadrature import Elementwise, Sigmoid, Tanh
+from .relu import ABReLU, LeakyReLU, ReLU
+from .sequential import Sequential
+from .smooth import GELU, Erf, Identity, Sin
+from .state import KernelState
+
+__all__ = ["Layer", "KernelState", "Sequential", "Linear", "ReLU", "LeakyReLU", "ABReLU", "Erf",
+           "GELU", "Sin", "Tanh", "Sigmoid", "Identity", "Elementwise"]

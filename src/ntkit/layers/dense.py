@@ -1,0 +1,83 @@
+"""Fully-connected layer."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..finite import NTKLinear
+from .base import Layer, check_parameterization
+from .state import KernelState
+
+
+def _affine_(t: torch.Tensor, w2: float, b2: float) -> torch.Tensor:
+    """In place: t <- w2 * t + b2 (layers consume the state they are given)."""
+    t.mul_(w2)
+    return t.add_(b2) if b2 else t
+
+
+class Linear(Layer):
+    """Fully-connected layer ``Linear(out_features, W_std, b_std, parameterization, trainable)``.
+
+    Kernel map (Jacot et al. 2018, Lee et al. 2019; the same as neural-tangents' ``stax.Dense``):
+
+        NNGP:  Σ' = W_std^2 Σ + b_std^2                       (b_std=None counts as 0)
+        NTK, "ntk" parameterization:       Θ' = W_std^2 Θ + Σ'
+        NTK, "standard" parameterization:  Θ' = n_in Σ + W_std^2 Θ + [1 if a bias exists]
+        trainable=False:                   Θ' = W_std^2 Θ  (frozen weights add no gradient)
+
+    where n_in is the finite width of the layer's input: in the standard parameterization the
+    NTK depends on widths, as in neural-tangents. ``out_features`` matters only to ``init``
+    (and to the next layer's n_in in the standard parameterization).
+    The squared distance E[(z - z')^2] maps as W_std^2 d (the bias cancels).
+    """
+
+    has_params = True
+
+    def __init__(self, out_features: int, W_std: float = 1.0, b_std: Optional[float] = 0.0,
+                 parameterization: str = "ntk", trainable: bool = True):
+        if int(out_features) < 1:
+            raise ValueError(f"Linear: out_features must be a positive integer, got {out_features!r}")
+        self.out_features = int(out_features)
+        self.W_std = float(W_std)
+        self.b_std = None if b_std is None else float(b_std)
+        self.parameterization = check_parameterization(parameterization)
+        self.trainable = bool(trainable)
+
+    def apply(self, state: KernelState) -> KernelState:
+        if state.spatial not in ("none",) and state.layout != "paired":
+            from .conv_state import check_dense_after_spatial
+            check_dense_after_spatial(state)
+        w2 = self.W_std ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std ** 2
+        ntk = state.ntk
+        trains = self.trainable and state.track_ntk
+        if trains and self.parameterization == "standard":
+            # gradient w.r.t. W gives n_in * Σ, w.r.t. b gives 1; backprop through W gives W_std^2 Θ
+            own = state.cov * float(state.width)
+            if self.b_std is not None:
+                own.add_(1.0)
+            ntk = own if ntk is None else own.add_(ntk, alpha=w2)
+        elif ntk is not None:
+            ntk.mul_(w2)
+        cov = _affine_(state.cov, w2, b2)
+        var1 = _affine_(state.var1, w2, b2)
+        var2 = var1 if state.var2 is state.var1 else _affine_(state.var2, w2, b2)
+        if trains and self.parameterization == "ntk":
+            ntk = cov.clone() if ntk is None else ntk.add_(cov)
+        dist = None if state.dist is None else state.dist.mul_(w2)
+        return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=dist,
+                             width=self.out_features, is_input=False)
+
+    def out_shape(self, in_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        if len(in_shape) != 1:
+            raise ValueError(f"Linear expects flat inputs (features,), got per-example shape "
+                             f"{tuple(in_shape)}: add Flatten() before it")
+        return (self.out_features,)
+
+    def build(self, in_shape: Tuple[int, ...], generator: torch.Generator) -> nn.Module:
+        self.out_shape(in_shape)  # validates that the input is flat
+        fan_in = int(in_shape[0])
+        return NTKLinear(fan_in, self.out_features, self.W_std, self.b_std, self.parameterization,
+                         self.trainable, generator)
