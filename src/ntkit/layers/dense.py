@@ -51,21 +51,22 @@ class Linear(Layer):
             check_dense_after_spatial(state)
         w2 = self.W_std ** 2
         b2 = 0.0 if self.b_std is None else self.b_std ** 2
-        ntk = state.ntk
         trains = self.trainable and state.track_ntk
+        ntk = state.ntk
         if trains and self.parameterization == "standard":
-            # gradient w.r.t. W gives n_in * Σ, w.r.t. b gives 1; backprop through W gives W_std^2 Θ
+            # gradient w.r.t. W gives n_in Σ, w.r.t. b gives 1; backprop through W gives W_std² Θ
             own = state.cov * float(state.width)
             if self.b_std is not None:
                 own.add_(1.0)
             ntk = own if ntk is None else own.add_(ntk, alpha=w2)
-        elif ntk is not None:
-            ntk.mul_(w2)
         cov = _affine_(state.cov, w2, b2)
         var1 = _affine_(state.var1, w2, b2)
         var2 = var1 if state.var2 is state.var1 else _affine_(state.var2, w2, b2)
         if trains and self.parameterization == "ntk":
-            ntk = cov.clone() if ntk is None else ntk.add_(cov)
+            # Θ' = W_std² Θ + Σ' in one pass
+            ntk = cov.clone() if ntk is None else torch.add(cov, ntk, alpha=w2, out=ntk)
+        elif not trains and ntk is not None:
+            ntk.mul_(w2)
         dist = None if state.dist is None else state.dist.mul_(w2)
         return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=dist,
                              width=self.out_features, is_input=False)

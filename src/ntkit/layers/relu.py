@@ -68,18 +68,18 @@ class ABReLU(Activation):
         half_sum, diff2 = self._coefs
         if dist is not None:
             return self._precise(cov, v1, v2, dist, need_dot)
-        # fast path: θ = arccos(c / sqrt(v1 v2)); r = 1/sqrt(v) with r = 0 for zero variance
+        # fast path: θ = arccos(c / sqrt(v1 v2)); r = 1/sqrt(v) with r = 0 for zero variance.
+        # Written to make few passes over the (n1, n2) block and few temporaries.
         r1 = torch.where(v1 > 0, torch.rsqrt(v1), torch.zeros_like(v1))
         r2 = torch.where(v2 > 0, torch.rsqrt(v2), torch.zeros_like(v2))
-        rho = (cov * r1).mul_(r2).clamp_(-1.0, 1.0)
         if diff2 == 0.0:  # linear activation (a == b)
             dot = torch.full_like(cov, half_sum) if need_dot else None
             return cov.mul_(half_sum), dot, None
-        theta = torch.arccos(rho)
-        # S(θ) = sin θ - θ cos θ with sin θ = sqrt(1 - ρ²)
-        s = torch.sqrt((1.0 - rho * rho).clamp_(min=0.0))
-        s.sub_(theta * rho)
-        s.mul_(torch.sqrt(v1)).mul_(torch.sqrt(v2)).mul_(diff2 / (2 * math.pi))
+        rho = torch.mul(cov, r1).mul_(r2).clamp_(-1.0, 1.0)
+        theta = torch.acos(rho)
+        # S(θ) = sin θ - θ cos θ, scaled by sqrt(v1 v2) (a rank-one factor) and (a-b)²/2π
+        s = torch.sin(theta).addcmul_(theta, rho, value=-1.0)
+        s.mul_(torch.sqrt(v1) * (diff2 / (2 * math.pi))).mul_(torch.sqrt(v2))
         nngp = cov.mul_(half_sum).add_(s)
         dot = theta.mul_(-diff2 / (2 * math.pi)).add_(half_sum) if need_dot else None
         return nngp, dot, None
