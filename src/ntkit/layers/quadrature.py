@@ -1,13 +1,17 @@
 """Activations without a closed form: Gauss–Hermite quadrature of the Gaussian expectations.
 
-For (u, v) ~ N(0, [[v1, c], [c, v2]]) write u = √v1 z1, v = (c/√v1) z1 + √(v2 - c²/v1) z2 with
-z1, z2 independent standard normals, and apply a degree-q probabilists' Gauss–Hermite rule on
-each axis (exact for polynomials of degree 2q-1 in each variable):
+For (u, v) ~ N(0, Λ), Λ = [[v1, c], [c, v2]] = Q diag(λ1, λ2) Qᵀ (closed-form 2x2 symmetric
+eigendecomposition, Q a rotation by φ = atan2(c, (v1 - v2)/2) / 2), write
+(u, v) = Q diag(√λ1, √λ2) (z1, z2) with z1, z2 independent standard normals, and apply a
+degree-q probabilists' Gauss–Hermite rule on each axis:
 
-    E[f(u) g(v)] ≈ Σ_i Σ_j w_i w_j f(√v1 x_i) g((c/√v1) x_i + √(v2 - c²/v1) x_j)
+    E[f(u) g(v)] ≈ Σ_i Σ_j w_i w_j f(u_ij) g(v_ij)
 
-This costs q² evaluations per kernel entry (q = 25 by default, as neural-tangents'
-``ElementwiseNumerical``); entries are processed in chunks to bound memory.
+The eigen (rather than Cholesky) factorization makes the rule symmetric under exchanging the
+two inputs, so kernel matrices come out exactly symmetric whatever the blocking. It costs 2q²
+evaluations per kernel entry; entries are processed in chunks to bound memory.
+Accuracy depends on the smoothness of φ: see docs/conventions.md (Tanh needs a higher degree
+than Sigmoid; functions with a kink converge slowly: prefer the closed-form layers).
 """
 from __future__ import annotations
 
@@ -35,18 +39,25 @@ def gaussian_pair_expectation(f: Callable, g: Callable, cov: torch.Tensor, v1: t
     shape = cov.shape
     c, a, b = cov.reshape(-1), v1.reshape(-1), v2.reshape(-1)
     x, w = _nodes(degree, c)
-    sa = torch.sqrt(a.clamp(min=0))
-    slope = torch.where(sa > 0, c / torch.where(sa > 0, sa, torch.ones_like(sa)), torch.zeros_like(c))
-    resid = torch.sqrt((b - slope * slope).clamp(min=0))
+    half_gap = (a - b) / 2
+    radius = torch.sqrt(half_gap * half_gap + c * c)
+    mean = (a + b) / 2
+    root1 = torch.sqrt((mean + radius).clamp(min=0))
+    root2 = torch.sqrt((mean - radius).clamp(min=0))
+    phi = torch.atan2(c, half_gap) / 2
+    cos, sin = torch.cos(phi), torch.sin(phi)
     out = torch.empty_like(c)
     step = max(1, _CHUNK_EVALS // (degree * degree))
     ww = w[:, None] * w[None, :]
+    z1, z2 = x[:, None], x[None, :]
     for lo in range(0, c.numel(), step):
         hi = min(lo + step, c.numel())
-        fu = f(sa[lo:hi, None] * x)                                    # (E, q)
-        vv = slope[lo:hi, None, None] * x[None, :, None] + resid[lo:hi, None, None] * x[None, None, :]
-        gv = g(vv)                                                     # (E, q, q)
-        out[lo:hi] = torch.einsum("ei,eij,ij->e", fu, gv, ww)
+        s1 = root1[lo:hi, None, None] * z1        # √λ1 z1, (E, q, 1)
+        s2 = root2[lo:hi, None, None] * z2        # √λ2 z2, (E, 1, q)
+        cs, sn = cos[lo:hi, None, None], sin[lo:hi, None, None]
+        u = cs * s1 - sn * s2
+        v = sn * s1 + cs * s2
+        out[lo:hi] = torch.einsum("eij,eij,ij->e", f(u), g(v), ww)
     return out.reshape(shape)
 
 
@@ -76,14 +87,15 @@ class Elementwise(Activation):
     ----------
     fn : callable mapping a torch tensor to a tensor of the same shape, elementwise.
     fn_prime : its derivative; by default obtained by autograd through ``fn``.
-    degree : quadrature degree per axis (cost grows as degree²).
+    degree : quadrature degree per axis (cost grows as degree²). Even by default, so that no
+        node sits at 0, where functions with a kink (|x|, relu) have an ambiguous derivative.
     """
 
     name = "Elementwise"
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor],
                  fn_prime: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 degree: int = 25):
+                 degree: int = 32):
         if not callable(fn):
             raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")
         if int(degree) < 2:
@@ -114,7 +126,7 @@ class Tanh(Elementwise):
 
     name = "Tanh"
 
-    def __init__(self, degree: int = 25):
+    def __init__(self, degree: int = 64):
         super().__init__(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, degree)
 
     def __repr__(self):
@@ -126,7 +138,7 @@ class Sigmoid(Elementwise):
 
     name = "Sigmoid"
 
-    def __init__(self, degree: int = 25):
+    def __init__(self, degree: int = 48):
         def d(x):
             s = torch.sigmoid(x)
             return s * (1 - s)
