@@ -6,12 +6,20 @@
     k = arch.kernel(x1, x2)          # nk.Kernels(nngp, ntk), torch tensors (n1, n2)
     net = arch.init((784,), seed=0)  # the finite torch network of the same parameterization
 """
+from .empirical import empirical_nngp, empirical_ntk
 from .from_torch import from_torch
+from . import predict
+from .estimators import NNGPRegressor, NTKClassifier, NTKRegressor
 from .kernels import Kernels
 from .layers import (ABReLU, GELU, Elementwise, Erf, Identity, Layer, LeakyReLU, Linear, ReLU,
                      Sequential, Sigmoid, Sin, Tanh)
 
+from .layers import AvgPool2d, Conv2d, Flatten, GlobalAvgPool2d
+
 __version__ = "0.1.0"
 
 __all__ = ["Kernels", "Layer", "Sequential", "Linear", "ReLU", "LeakyReLU", "ABReLU", "Erf", "GELU",
-           "Sin", "Tanh", "Sigmoid", "Identity", "Elementwise", "from_torch"]
+           "Sin", "Tanh", "Sigmoid", "Identity", "Elementwise", "from_torch",
+           "empirical_ntk", "empirical_nngp",
+           "predict", "NTKRegressor", "NTKClassifier", "NNGPRegressor",
+           "Conv2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten"]

@@ -65,3 +65,82 @@ class ElementwiseModule(nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
+
+
+def same_or_circular_pad(x: torch.Tensor, kernel, stride, padding: str) -> torch.Tensor:
+    """Pad an NCHW batch as neural-tangents' SAME / CIRCULAR convolutions do (lo = total//2)."""
+    if padding == "valid":
+        return x
+    pads = []
+    for n, k, s in ((x.shape[-1], kernel[1], stride[1]), (x.shape[-2], kernel[0], stride[0])):
+        out = -(-n // s)
+        total = max((out - 1) * s + k - n, 0)
+        pads += [total // 2, total - total // 2]
+    if not any(pads):
+        return x
+    return torch.nn.functional.pad(x, pads, mode="circular" if padding == "circular" else "constant")
+
+
+class NTKConv2d(nn.Module):
+    """A 2-D convolution in the NTK or standard parameterization, NCHW (see module doc).
+
+    NTK: z = (W_std / sqrt(C_in q_h q_w)) W * x + b_std b with W, b ~ N(0, 1) (neural-tangents'
+    ``stax.Conv``); standard: W ~ N(0, W_std² / (C_in q_h q_w)), b ~ N(0, b_std²).
+    ``padding`` is "same", "valid" or "circular" (periodic).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=(3, 3), stride=(1, 1),
+                 padding: str = "same", W_std: float = 1.0, b_std: Optional[float] = 0.0,
+                 parameterization: str = "ntk", trainable: bool = True,
+                 generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), padding
+        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self.fan_in = fan_in
+        w = torch.randn(out_channels, in_channels, *self.kernel_size, generator=generator, dtype=dtype)
+        b = None if b_std is None else torch.randn(out_channels, generator=generator, dtype=dtype)
+        if parameterization == "standard":
+            w = w * (W_std / math.sqrt(fan_in))
+            b = None if b is None else b * b_std
+        self.weight = nn.Parameter(w, requires_grad=trainable)
+        self.bias = None if b is None else nn.Parameter(b, requires_grad=trainable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = same_or_circular_pad(x, self.kernel_size, self.stride, self.padding)
+        out = torch.nn.functional.conv2d(x, self.weight, None, self.stride)
+        if self.parameterization == "ntk":
+            out = out * (self.W_std / math.sqrt(self.fan_in))
+            if self.bias is not None:
+                out = out + self.b_std * self.bias[:, None, None]
+            return out
+        return out if self.bias is None else out + self.bias[:, None, None]
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding!r}, W_std={self.W_std}, "
+                f"b_std={self.b_std}, parameterization={self.parameterization!r}")
+
+
+class AvgPool2dModule(nn.Module):
+    """Average pooling of NCHW inputs with "same" (zero, counted in the mean), "valid" or
+    "circular" padding, dividing by the window size (neural-tangents' ``AvgPool``)."""
+
+    def __init__(self, kernel_size, stride, padding: str = "valid"):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = same_or_circular_pad(x, self.kernel_size, self.stride, self.padding)
+        return torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
+
+
+class GlobalAvgPool2dModule(nn.Module):
+    """Mean over the spatial axes: (N, C, H, W) -> (N, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))

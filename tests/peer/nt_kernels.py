@@ -22,6 +22,11 @@ NAMES = {
 }
 
 
+def _tuples(v):
+    """JSON lists -> tuples (stax wants tuples for shapes and strides)."""
+    return tuple(_tuples(a) for a in v) if isinstance(v, list) else v
+
+
 def main(inp, out):
     data = np.load(inp, allow_pickle=False)
     specs = json.loads(str(data["specs"]))
@@ -29,7 +34,9 @@ def main(inp, out):
     x2 = data["x2"] if "x2" in data.files else None
     result = {}
     for k, spec in enumerate(specs):
-        layers = [NAMES[name](*kw.get("args", []), **kw.get("kwargs", {})) for name, kw in spec]
+        layers = [NAMES[name](*_tuples(kw.get("args", [])),
+                              **{k: _tuples(v) for k, v in kw.get("kwargs", {}).items()})
+                  for name, kw in spec]
         _, _, kernel_fn = stax.serial(*layers)
         kern = kernel_fn(x1, x2, ("nngp", "ntk"))
         result[f"nngp_{k}"] = np.asarray(kern.nngp)

@@ -48,12 +48,12 @@ class KernelState:
 
     def broadcast_vars(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """var1 and var2 reshaped so that they broadcast against ``cov`` entry by entry."""
+        if self.spatial != "none":
+            from .conv_state import broadcast_spatial_vars  # convolutional layouts
+            return broadcast_spatial_vars(self)
         if self.layout == "paired":
             return self.var1, self.var2
-        if self.spatial == "none":
-            return self.var1[:, None], self.var2[None, :]
-        from .conv_state import broadcast_spatial_vars  # convolutional layouts
-        return broadcast_spatial_vars(self)
+        return self.var1[:, None], self.var2[None, :]
 
 
 def dense_input_state(x1: torch.Tensor, x2: Optional[torch.Tensor]) -> KernelState:

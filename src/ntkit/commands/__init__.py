@@ -1,0 +1,1 @@
+"""The implementations of the ``ntkit`` subcommands (argument parsing lives in ``ntkit.cli``)."""

@@ -1,0 +1,94 @@
+"""``ntkit kernel``: NNGP/NTK matrices of an architecture on a dataset, saved as ``.npz``."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..kernels import Kernels
+from .common import Context
+
+#: rows per progress step: small enough that the bar moves, large enough to stay efficient
+_CHUNK = 256
+
+
+def compute_kernels(arch, x1: torch.Tensor, x2: Optional[torch.Tensor] = None,
+                    get: Sequence[str] = ("nngp", "ntk"), batch_size: Optional[int] = None,
+                    ctx: Optional[Context] = None, desc: str = "kernel") -> Kernels:
+    """``arch.kernel(x1, x2, get=get)`` computed in row chunks with a progress bar (entries
+    done). With ``x2=None`` only the lower triangle of chunks is computed and mirrored, as
+    ``arch.kernel`` itself does."""
+    ctx = ctx or Context(quiet=True)
+    n1 = x1.shape[0]
+    if n1 <= _CHUNK:
+        return arch.kernel(x1, x2, get=tuple(get), batch_size=batch_size)
+    n2 = n1 if x2 is None else x2.shape[0]
+    total = n1 * (n1 + 1) // 2 if x2 is None else n1 * n2
+    out = {name: torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) for name in get}
+    has_ntk = True
+    with ctx.progress(total=total, desc=desc, unit="entry", unit_scale=True) as bar:
+        for i0 in range(0, n1, _CHUNK):
+            i1 = min(i0 + _CHUNK, n1)
+            if x2 is None:
+                diag = arch.kernel(x1[i0:i1], None, get=tuple(get), batch_size=batch_size)
+                parts = [(diag, i0, i1)]
+                if i0 > 0:
+                    parts.append((arch.kernel(x1[i0:i1], x1[:i0], get=tuple(get),
+                                              batch_size=batch_size), 0, i0))
+                for k, j0, j1 in parts:
+                    for name in get:
+                        value = getattr(k, name)
+                        if value is None:
+                            has_ntk = False
+                            continue
+                        out[name][i0:i1, j0:j1] = value
+                        if j0 != i0:
+                            out[name][j0:j1, i0:i1] = value.T
+                bar.update((i1 - i0) * i0 + (i1 - i0) * (i1 - i0 + 1) // 2)
+            else:
+                k = arch.kernel(x1[i0:i1], x2, get=tuple(get), batch_size=batch_size)
+                for name in get:
+                    value = getattr(k, name)
+                    if value is None:
+                        has_ntk = False
+                        continue
+                    out[name][i0:i1] = value
+                bar.update((i1 - i0) * n2)
+    return Kernels(nngp=out.get("nngp"), ntk=out.get("ntk") if has_ntk else None)
+
+
+def run_kernel(ctx: Context, arch, arch_text: str, data: str, out: Path, split: str,
+               n: Optional[int], get: Tuple[str, ...], batch_size: Optional[int]) -> dict:
+    """Compute and save. ``split='train'``: K(train, train); ``split='test'``: K(test, train)
+    (the matrix a prediction needs). ``n`` keeps n rows of each split. Returns a summary."""
+    from ..datasets import inputs_for, load_dataset
+
+    ds = load_dataset(data, ctx.data_dir, n_train=n, n_test=n, dtype=ctx.np_dtype, seed=ctx.seed)
+    device = ctx.torch_device()
+    xtr = torch.from_numpy(np.ascontiguousarray(inputs_for(arch, ds, ds.x_train))).to(device)
+    x1 = xtr
+    x2 = None
+    if split == "test":
+        x1 = torch.from_numpy(np.ascontiguousarray(inputs_for(arch, ds, ds.x_test))).to(device)
+        x2 = xtr
+    ctx.say(f"kernel: {arch_text} on {ds.name} ({split}: {x1.shape[0]} x "
+            f"{(x2 if x2 is not None else x1).shape[0]}, {ctx.dtype}, {ctx.device})")
+    start = time.perf_counter()
+    k = compute_kernels(arch, x1, x2, get=get, batch_size=batch_size, ctx=ctx,
+                        desc=f"{'+'.join(get)} {split}")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    arrays = {name: value for name, value in k.numpy().items() if name in get}
+    arrays["y_rows"] = ds.y_train if split == "train" else ds.y_test
+    arrays["y_cols"] = ds.y_train
+    meta = {"arch": arch_text, "data": ds.name, "split": split, "dtype": ctx.dtype,
+            "rows": int(x1.shape[0]), "cols": int((x2 if x2 is not None else x1).shape[0]),
+            "seconds": round(seconds, 4)}
+    np.savez(out, **arrays, meta=np.array(json.dumps(meta)))
+    ctx.say(f"wrote {', '.join(sorted(arrays))} to {out} in {seconds:.2f} s")
+    return meta

@@ -1,0 +1,25 @@
+"""Empirical (finite-width) kernels of any torch model.
+
+    import ntkit as nk
+    theta = nk.empirical_ntk(model, x1, x2)                 # (n1, n2): mean over outputs
+    theta = nk.empirical_ntk(model, x1, x2, mode="full")    # (n1, n2, k, k)
+    k = nk.empirical_nngp(model, x1, x2)                    # f(x1) f(x2)ᵀ / k
+
+Modules, one concept each:
+  _model      the model as a function of its trainable parameters; boundary checks
+  _modes      output-axis modes ("trace", "full", "diagonal") and the block loop
+  jacobian    Jacobian contraction (torch.func vmap + jacrev)
+  ntvp        NTK-vector products (vjp rows + jvp columns)
+  registry    linear-in-weight module types (Linear, Conv1d/2d, ntkit's NTK layers), extensible
+  structured  structured derivatives: Gram of inputs ∘ Gram of cotangents per layer
+  auto        the automatic choice by cost
+  kernels     the public functions
+  ensemble    kernels of arch.init(...) over seeds
+"""
+from .auto import resolve as resolve_implementation
+from .ensemble import ensemble_kernels
+from .kernels import empirical_nngp, empirical_ntk
+from .registry import LinearRule, register_linear_module
+
+__all__ = ["empirical_ntk", "empirical_nngp", "ensemble_kernels", "register_linear_module",
+           "LinearRule", "resolve_implementation"]

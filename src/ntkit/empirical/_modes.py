@@ -1,0 +1,85 @@
+"""Output-axis modes of the empirical kernels and the memory-bounded block loop.
+
+For a model with k outputs per example, the kernel between examples i and j is a k x k matrix
+K[i, j, c, d]. The modes (neural-tangents' ``trace_axes`` / ``diagonal_axes`` conventions):
+
+* ``"full"``:     K[i, j, c, d], returned as (n1, n2, *out_shape, *out_shape);
+* ``"diagonal"``: K[i, j, c, c], returned as (n1, n2, *out_shape) (the c = d entries only);
+* ``"trace"``:    (1/k) sum_c K[i, j, c, c], returned as (n1, n2): the mean over outputs, as
+  neural-tangents' default ``trace_axes=(-1,)`` for (n, k) outputs. For wide networks
+  K[i, j] -> Θ(x_i, x_j) I_k, so "trace" is the one to compare with ``arch.kernel(...).ntk``.
+
+Internally every implementation computes blocks in a canonical layout: (na, nb, k, k) for
+"full", (na, nb, k) for the other two.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+
+MODES = ("trace", "full", "diagonal")
+
+
+def check_mode(mode: str, caller: str) -> str:
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"{caller}: unknown mode {mode!r}; expected one of "
+                         f"{', '.join(repr(m) for m in MODES)}")
+    return mode
+
+
+def check_batch_size(batch_size: Optional[int], caller: str) -> Optional[int]:
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) < 1:
+        raise ValueError(f"{caller}: batch_size must be a positive integer or None, got "
+                         f"{batch_size!r}")
+    return int(batch_size)
+
+
+def mirror(block: torch.Tensor, full: bool) -> torch.Tensor:
+    """The (j, i) block from the (i, j) block: K[j, i, d, c] = K[i, j, c, d]."""
+    return block.permute(1, 0, 3, 2) if full else block.transpose(0, 1)
+
+
+def finalize(kernel: torch.Tensor, mode: str, out_shape: Tuple[int, ...]) -> torch.Tensor:
+    """Canonical layout -> the public shape of ``mode`` (see the module docstring)."""
+    n1, n2 = kernel.shape[:2]
+    if mode == "trace":
+        return kernel.mean(dim=-1)
+    if mode == "diagonal":
+        return kernel.reshape(n1, n2, *out_shape)
+    return kernel.reshape(n1, n2, *out_shape, *out_shape)
+
+
+def blockwise(prepare: Callable, contract: Callable, x1: torch.Tensor,
+              x2: Optional[torch.Tensor], full: bool, k: int,
+              batch_size: Optional[int]) -> torch.Tensor:
+    """Assemble the canonical kernel from blocks of at most ``batch_size`` rows and columns.
+
+    ``prepare(x_block)`` computes per-block features (Jacobians, Gram factors, ...);
+    ``contract(fa, fb, same)`` the (na, nb, ...) block between two prepared blocks, ``same``
+    telling that they are the same block (fa is fb). With x2=None only the blocks on and above
+    the diagonal are computed and the others mirrored. Features of column blocks are recomputed
+    for every row block: memory stays bounded by the block size, at the cost of recomputation.
+    """
+    other = x1 if x2 is None else x2
+    n1, n2 = x1.shape[0], other.shape[0]
+    if batch_size is None or (batch_size >= n1 and batch_size >= n2):
+        fa = prepare(x1)
+        fb = fa if x2 is None else prepare(x2)
+        return contract(fa, fb, x2 is None)
+    tail = (k, k) if full else (k,)
+    out = torch.empty(n1, n2, *tail, dtype=x1.dtype, device=x1.device)
+    for i0 in range(0, n1, batch_size):
+        i1 = min(i0 + batch_size, n1)
+        fa = prepare(x1[i0:i1])
+        for j0 in range(i0 if x2 is None else 0, n2, batch_size):
+            j1 = min(j0 + batch_size, n2)
+            same = x2 is None and i0 == j0
+            fb = fa if same else prepare(other[j0:j1])
+            block = contract(fa, fb, same)
+            out[i0:i1, j0:j1] = block
+            if x2 is None and not same:
+                out[j0:j1, i0:i1] = mirror(block, full)
+    return out

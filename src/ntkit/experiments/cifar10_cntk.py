@@ -1,0 +1,173 @@
+"""Arora et al. 2019 (seed 001), Table 1: CNTK kernel regression on CIFAR-10.
+
+Protocol (the paper's Sec. 4 and its released code): images divided by 255 and standardized
+per channel with the training statistics; a depth-d CNTK has d - 1 layers of [3x3 "same"
+convolution, ReLU] with c_σ = 2 (W_std = sqrt(2)) and no biases, then the readout:
+CNTK-V flattens (the trace of Θ over positions) into a trainable linear layer; CNTK-GAP
+averages over all pixel pairs, with the first and last layers fixed (trainable=False).
+Kernel regression without regularization on targets -0.1 + e_c (0.9 for the true class);
+the prediction is the argmax of K(test, train) K(train, train)⁻¹ Y.
+
+Columns: CNTK-V-2K on the 2,000 first lossless training images (the data README: the first
+4,000 training images are the only lossless ones) against the 10,000 test images, next to the
+paper's column; CNTK-GAP on the subset given by ``gap_n_train``/``gap_n_test`` (test images
+taken evenly across the class-sorted test set, so that classes are balanced).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import scipy.linalg
+import torch
+
+PAPER_V_2K = {3: 40.94, 4: 42.54, 6: 43.43, 11: 43.42, 21: 42.53}
+PAPER_GAP_2K = {3: 49.71, 4: 51.06, 6: 51.73, 11: 51.92, 21: 52.22}
+PAPER_GAP_FULL = {3: 70.47, 4: 75.93, 6: 76.73, 11: 77.43, 21: 77.08}
+
+
+def cntk(depth: int, gap: bool):
+    """The depth-d CNTK of the paper's code: d - 1 conv layers + the readout layer."""
+    import ntkit as nk
+    s2 = 2.0 ** 0.5
+    layers = []
+    for l in range(depth - 1):
+        layers += [nk.Conv2d(256, 3, padding="same", W_std=s2, b_std=None,
+                             trainable=not (gap and l == 0)), nk.ReLU()]
+    readout = nk.GlobalAvgPool2d() if gap else nk.Flatten()
+    return nk.Sequential(*layers, readout,
+                         nk.Linear(10, W_std=1.0, b_std=None, trainable=not gap))
+
+
+def _balanced(n: int, total: int) -> np.ndarray:
+    step = max(1, total // n)
+    return np.arange(n) * step
+
+
+def regression_accuracy(k_train: np.ndarray, k_test: np.ndarray, y_train: np.ndarray,
+                        y_test: np.ndarray) -> float:
+    """Accuracy (%) of kernel regression without regularization, targets -0.1 + e_c."""
+    from ..data.cifar10 import cifar10_targets
+    t = cifar10_targets(y_train)
+    try:
+        alpha = scipy.linalg.solve(k_train, t, assume_a="pos")
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        alpha = scipy.linalg.lstsq(k_train, t)[0]
+    pred = (k_test @ alpha).argmax(1)
+    return float(100.0 * np.mean(pred == y_test))
+
+
+def _kernels(arch, x_train, x_test, device, dtype):
+    xtr = torch.as_tensor(x_train, dtype=dtype, device=device)
+    xte = torch.as_tensor(x_test, dtype=dtype, device=device)
+    k_tr = arch.kernel(xtr, get="ntk").ntk.double().cpu().numpy()
+    k_te = arch.kernel(xte, xtr, get="ntk").ntk.double().cpu().numpy()
+    return k_tr, k_te
+
+
+def _plot(rows: List[Dict], path: Path, gap_label: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    d = [r["depth"] for r in rows]
+    ax.plot(d, [r["paper_v_2k"] for r in rows], "k--o", label="paper CNTK-V-2K")
+    if all(r["ntkit_v"] is not None for r in rows):
+        ax.plot(d, [r["ntkit_v"] for r in rows], "b-o", label="ntkit CNTK-V-2K")
+    gd = [r["depth"] for r in rows if r.get("ntkit_gap") is not None]
+    if gd:
+        ax.plot(gd, [r["ntkit_gap"] for r in rows if r.get("ntkit_gap") is not None], "r-s",
+                label=f"ntkit CNTK-GAP ({gap_label})")
+    ax.set_xlabel("depth")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("CIFAR-10 CNTK (Arora et al. 2019)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
+        depths: Optional[Sequence[int]] = None, n_train: Optional[int] = None,
+        n_test: Optional[int] = None, gap_depths: Optional[Sequence[int]] = None,
+        gap_n_train: Optional[int] = None, gap_n_test: Optional[int] = None,
+        device: str = "auto", dtype: str = "float64", v_column: bool = True, **_) -> dict:
+    """Write table.md, results.json and cifar10_cntk.png into ``out_dir``; return the results.
+
+    ``quick``: 20 training / 20 test images and depths (3, 4) for the V column, and a GAP column
+    on 10 / 10 images average-pooled to 8x8 (for tests). Full run: V on 2,000 / 10,000 at depths
+    3, 4, 6, 11, 21; GAP on ``gap_n_train`` / ``gap_n_test`` (default 0 on CPU: skipped; 250 /
+    250 on CUDA) at ``gap_depths`` (default all depths). ``seed`` is unused (no randomness).
+    """
+    from ..data.cifar10 import load_cifar10
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    dt = {"float64": torch.float64, "float32": torch.float32}[str(dtype)]
+    if quick:
+        depths = tuple(depths or (3, 4))
+        n_train, n_test = n_train or 20, n_test or 20
+        gap_depths = tuple(gap_depths or (3,))
+        gap_n_train, gap_n_test = gap_n_train or 10, gap_n_test or 10
+    else:
+        depths = tuple(depths or (3, 4, 6, 11, 21))
+        n_train, n_test = n_train or 2000, n_test or 10000
+        gap_depths = tuple(gap_depths or depths)
+        default_gap = 250 if dev.type == "cuda" else 0
+        gap_n_train = default_gap if gap_n_train is None else gap_n_train
+        gap_n_test = default_gap if gap_n_test is None else gap_n_test
+    x_tr, y_tr, x_te, y_te = load_cifar10(data_path, lossless=True, n_train=n_train,
+                                          dtype=np.float64)
+    te = _balanced(n_test, len(x_te))
+    x_te, y_te = x_te[te], y_te[te]
+    rows, timings = [], {}
+    for d in depths:
+        acc = None
+        if v_column:
+            t0 = time.perf_counter()
+            k_tr, k_te = _kernels(cntk(d, gap=False), x_tr, x_te, dev, dt)
+            timings[f"v_{d}"] = time.perf_counter() - t0
+            acc = regression_accuracy(k_tr, k_te, y_tr, y_te)
+        rows.append({"depth": d, "paper_v_2k": PAPER_V_2K.get(d), "ntkit_v": acc,
+                     "paper_gap_2k": PAPER_GAP_2K.get(d), "ntkit_gap": None})
+    gap_label = "skipped"
+    if gap_n_train and gap_n_test:
+        gtr = np.arange(gap_n_train)
+        gte = _balanced(gap_n_test, len(x_te))
+        xg_tr, yg_tr, xg_te, yg_te = x_tr[gtr], y_tr[gtr], x_te[gte], y_te[gte]
+        if quick:  # 4x4 average pooling to 8x8 images keeps the test fast
+            pool = lambda x: x.reshape(len(x), 3, 8, 4, 8, 4).mean(axis=(3, 5))
+            xg_tr, xg_te = pool(xg_tr), pool(xg_te)
+        gap_label = (f"first {gap_n_train} lossless train images vs {gap_n_test} test images "
+                     f"(every {max(1, len(x_te) // gap_n_test) * max(1, 10000 // n_test)}th of "
+                     f"the class-sorted test set)" + (", pooled to 8x8" if quick else ""))
+        for r in rows:
+            if r["depth"] not in gap_depths:
+                continue
+            t0 = time.perf_counter()
+            k_tr, k_te = _kernels(cntk(r["depth"], gap=True), xg_tr, xg_te, dev, dt)
+            timings[f"gap_{r['depth']}"] = time.perf_counter() - t0
+            r["ntkit_gap"] = regression_accuracy(k_tr, k_te, yg_tr, yg_te)
+    results = {
+        "experiment": "cifar10-cntk", "quick": quick, "device": str(dev), "dtype": str(dtype),
+        "v_subset": f"first {n_train} lossless train images vs {n_test} test images",
+        "gap_subset": gap_label, "rows": rows, "seconds": timings,
+        "paper_gap_full_data": PAPER_GAP_FULL,
+    }
+    lines = ["| depth | paper CNTK-V-2K | ntkit CNTK-V-2K | paper CNTK-GAP-2K | ntkit CNTK-GAP (subset) |",
+             "|---|---|---|---|---|"]
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"
+    for r in rows:
+        lines.append(f"| {r['depth']} | {fmt(r['paper_v_2k'])} | {fmt(r['ntkit_v'])} | "
+                     f"{fmt(r['paper_gap_2k'])} | {fmt(r['ntkit_gap'])} |")
+    lines += ["", f"CNTK-V: {results['v_subset']}. CNTK-GAP: {gap_label}.",
+              f"Device {dev}, {dtype}."]
+    results["markdown"] = "\n".join(lines)
+    (out_dir / "table.md").write_text(results["markdown"] + "\n")
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    _plot(rows, out_dir / "cifar10_cntk.png", gap_label)
+    return results

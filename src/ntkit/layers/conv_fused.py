@@ -1,0 +1,318 @@
+"""Fused kernels for chains of [Conv2d, ReLU-family] layers: one pass per layer.
+
+A layer pair [Conv2d (odd q_h x q_w, stride 1, "same"), ABReLU(a, b)] maps the post-activation
+covariances (Σ, Θ) of the previous layer to the next ones (Arora et al. 2019, CNTK formula;
+Cho & Saul 2009 for the arc-cosine kernel):
+
+    Σ̃ = W² C(Σ) + b²,   Θ̃ = W² C(Θ) + Σ̃ [trainable]         (C: conv_ops' diagonal filter)
+    ρ = Σ̃ / sqrt(v1 v2),  θ = arccos ρ                            (v: per-position variances)
+    Σ' = (a²+b²)/2 · Σ̃ + (a-b)²/(2π) · sqrt(v1 v2) · (sin θ - θ cos θ)
+    Θ' = Θ̃ · ((a²+b²)/2 - (a-b)²/(2π) · θ)
+
+The per-position variances v are computed once per input and layer (same-position map), so
+that 1/sqrt(v1 v2) is a rank-one factor r1 r2 (the homogeneity trick of Arora et al.'s
+implementation). The arrays are kept zero-padded by (q-1)/2 on every spatial axis, so the
+"same" zero padding needs no masks: one pass per layer reads the q_h q_w shifted windows of
+(Σ, Θ), applies the activation and writes (Σ', Θ') into the interior of the other buffer of a
+ping-pong pair. Under ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on CUDA) this pass
+is one loop; without it (small problems, ``set_compile("off")``, NTKIT_COMPILE=0, or when
+compiling fails) the same function runs eagerly. Pixel-pair states go through in fixed-size
+micro-batches (1 pair on CPU, 16 on CUDA) so that the compiled loop keeps one shape. arccos is evaluated by ``acos_poly``
+(vectorizes in float64, unlike the library arccos on many CPUs).
+
+Correlations within 4 ulps of ±1 are set to ±1 (rounding alone puts ρ = v·(1/√v)² that far from
+1 for an input against itself, which would otherwise show as θ ≈ 1e-8).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .state import KernelState
+
+# asin(y)/y = P(y²) on y ∈ [0, 1/2]: least-squares fit on 200 Chebyshev nodes of z = y² ∈
+# [0, 1/4], in 50-digit arithmetic (mpmath), degree 12; max error 1.5e-17.
+_ASIN_COEFS = (1.0, 0.1666666666666484, 0.07500000000404858, 0.044642856791215726,
+               0.03038196027149515, 0.02237173660319574, 0.017359969965541983,
+               0.013883027829435166, 0.0121816790888421, 0.006480855348779324,
+               0.01964239671205795, -0.016384436448802192, 0.032011340323281685)
+
+
+def acos_poly(x: torch.Tensor) -> torch.Tensor:
+    """arccos on [-1, 1] from one polynomial: for |x| ≤ 1/2, π/2 - asin x; above,
+    2 asin(sqrt((1 - |x|)/2)) (exact in 1 - |x|, so accurate near ±1); error ≲ 4e-16."""
+    a = x.abs()
+    big = a > 0.5
+    z = torch.where(big, (1.0 - a) * 0.5, a * a)
+    y = torch.where(big, torch.sqrt(z), a)
+    p = torch.full_like(z, _ASIN_COEFS[-1])
+    for c in _ASIN_COEFS[-2::-1]:
+        p = p * z + c
+    p = p * y
+    r = torch.where(big, 2.0 * p, math.pi / 2 - torch.where(x < 0, -p, p))
+    return torch.where(big & (x < 0), math.pi - r, r)
+
+
+# -- the one-pass step ------------------------------------------------------------------------
+def _window(p: torch.Tensor, a: int, b: int, h: int, w: int, full: bool) -> torch.Tensor:
+    if full:
+        return p[:, a:a + h, b:b + w, a:a + h, b:b + w]
+    return p[..., a:a + h, b:b + w]
+
+
+def _step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tensor,
+          ot: Optional[torch.Tensor], r1: torch.Tensor, r2: torch.Tensor, g1: torch.Tensor,
+          g2: torch.Tensor, cfg: Tuple, poly: bool = False) -> None:
+    """One [Conv2d, ABReLU] layer: reads padded (ps, pt), writes the interiors of (os_, ot).
+    ``poly``: arccos by ``acos_poly`` (one fused loop when compiled); eagerly the library
+    arccos is one op instead of ~30."""
+    kh, kw, w2, b2, trains, half_sum, diff2, full = cfg
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    if full:
+        h, w = ps.shape[1] - 2 * ph, ps.shape[2] - 2 * pw
+    else:
+        h, w = ps.shape[-2] - 2 * ph, ps.shape[-1] - 2 * pw
+    scale = w2 / (kh * kw)
+    acc = None
+    for a in range(kh):
+        for b in range(kw):
+            v = _window(ps, a, b, h, w, full)
+            acc = v if acc is None else acc + v
+    s_pre = acc * scale + b2
+    t_pre = None
+    if pt is not None:
+        tacc = None
+        for a in range(kh):
+            for b in range(kw):
+                v = _window(pt, a, b, h, w, full)
+                tacc = v if tacc is None else tacc + v
+        t_pre = tacc * scale
+        if trains:
+            t_pre = t_pre + s_pre
+    elif trains:
+        t_pre = s_pre
+    eps4 = 4.0 * torch.finfo(s_pre.dtype).eps
+    rho = (s_pre * r1 * r2).clamp(-1.0, 1.0)
+    rho = torch.where(rho.abs() > 1.0 - eps4, torch.sign(rho), rho)
+    theta = acos_poly(rho) if poly else torch.arccos(rho)
+    sin = torch.sqrt((1.0 - rho * rho).clamp(min=0.0))
+    s_post = s_pre * half_sum + (sin - theta * rho) * (g1 * g2) * (diff2 / (2 * math.pi))
+    _window(os_, ph, pw, h, w, full).copy_(s_post)
+    if t_pre is not None and ot is not None:
+        dot = half_sum - theta * (diff2 / (2 * math.pi))
+        _window(ot, ph, pw, h, w, full).copy_(t_pre * dot)
+
+
+# -- compile management -----------------------------------------------------------------------
+_mode = [os.environ.get("NTKIT_COMPILE", "auto").lower()]
+_compiled: dict = {}
+_broken: set = set()
+# compile only when a call moves at least this many covariance entries (compiling takes
+# seconds; small problems are faster eagerly)
+_COMPILE_MIN_ENTRIES = 1 << 24
+
+
+def set_compile(mode) -> str:
+    """Use torch.compile for the fused layers: "auto" (large problems), True/"on", False/"off".
+    Returns the previous mode. The environment variable NTKIT_COMPILE sets the default."""
+    old = _mode[0]
+    m = {True: "on", False: "off"}.get(mode, str(mode).lower())
+    if m not in ("auto", "on", "off", "1", "0"):
+        raise ValueError(f"compile mode must be 'auto', 'on' or 'off', got {mode!r}")
+    _mode[0] = {"1": "on", "0": "off"}.get(m, m)
+    return old
+
+
+def _step_fn(device: torch.device, entries: int, cfg: Tuple, has_pt: bool, has_ot: bool
+             ) -> Callable:
+    """The step to call: eager, or a compiled closure with the layer's constants baked in
+    (one per configuration and shape; the full regime calls it on fixed-size micro-batches of
+    pairs, so chunk sizes do not trigger recompiles)."""
+    mode = {"1": "on", "0": "off"}.get(_mode[0], _mode[0])
+    if mode == "off" or device.type in _broken:
+        return _step
+    if mode == "auto" and entries < _COMPILE_MIN_ENTRIES:
+        return _step  # small problems run eagerly
+    key = (device.type, cfg, has_pt, has_ot)
+    fn = _compiled.get(key)
+    if fn is None:
+        def closure(ps, pt, os_, ot, r1, r2, g1, g2):
+            _step(ps, pt, os_, ot, r1, r2, g1, g2, cfg, True)
+        try:
+            import torch._dynamo
+            # all closures share one code object, whose recompile budget they share
+            cfgmod = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfgmod, "recompile_limit") else "cache_size_limit"
+            setattr(cfgmod, name, max(getattr(cfgmod, name), 64))
+            fn = torch.compile(closure, dynamic=False)
+        except Exception as exc:  # pragma: no cover - compile unavailable
+            warnings.warn(f"ntkit: torch.compile unavailable ({exc}); using eager kernels")
+            _broken.add(device.type)
+            return _step
+        _compiled[key] = fn
+    return fn
+
+
+def _call(fn, ps, pt, os_, ot, r1, r2, g1, g2, cfg) -> None:
+    if fn is _step:
+        return _step(ps, pt, os_, ot, r1, r2, g1, g2, cfg)
+    try:
+        return fn(ps, pt, os_, ot, r1, r2, g1, g2)
+    except Exception as exc:  # pragma: no cover - compiler missing at run time
+        warnings.warn(f"ntkit: torch.compile failed ({type(exc).__name__}: {exc}); "
+                      f"falling back to eager kernels")
+        _broken.add(ps.device.type)
+        return _step(ps, pt, os_, ot, r1, r2, g1, g2, cfg)
+
+
+# -- detection and driver ---------------------------------------------------------------------
+_fuse = [True]
+
+
+def set_fused(enabled: bool) -> bool:
+    """Switch the fused path on/off (off: layer-by-layer maps, the reference path)."""
+    old = _fuse[0]
+    _fuse[0] = bool(enabled)
+    return old
+
+
+def _fusable_conv(layer) -> bool:
+    from .conv import Conv2d
+    return (isinstance(layer, Conv2d) and layer.stride == (1, 1) and layer.padding == "same"
+            and layer.kernel_size[0] % 2 == 1 and layer.kernel_size[1] % 2 == 1
+            and layer.parameterization == "ntk")
+
+
+def fused_prefix(layers, state: KernelState):
+    """(number of leading layers run fused, runner) for a state at the input; (0, None) if the
+    chain does not start with [Conv2d, ABReLU] pairs that qualify (see module doc)."""
+    from .relu import ABReLU
+    if not _fuse[0]:
+        return 0, None
+    if not state.is_input or state.spatial not in ("diag", "full") or state.ntk is not None:
+        return 0, None
+    if state.cov.dtype not in (torch.float32, torch.float64):
+        return 0, None
+    if state.spatial == "full" and state.layout != "paired":
+        return 0, None
+    n = 0
+    while (n + 1 < len(layers) and _fusable_conv(layers[n]) and isinstance(layers[n + 1], ABReLU)
+           and type(layers[n + 1]).pair_moments is ABReLU.pair_moments):
+        if n and layers[n].kernel_size != layers[0].kernel_size:
+            break
+        n += 2
+    if n == 0:
+        return 0, None
+    pairs = layers[:n]
+    return n, lambda st: run_fused(pairs, st)
+
+
+def _padded_shape(shape, ph: int, pw: int, full: bool):
+    if full:
+        m, h, w = shape[0], shape[1], shape[2]
+        return (m, h + 2 * ph, w + 2 * pw, h + 2 * ph, w + 2 * pw)
+    return tuple(shape[:-2]) + (shape[-2] + 2 * ph, shape[-1] + 2 * pw)
+
+
+def _layer_vars(pairs, v1, v2, same_vars):
+    """Per-position variances at each activation's input, (m, H, W) per layer and side."""
+    from .conv_ops import conv_map
+    out = []
+    for li in range(0, len(pairs), 2):
+        conv, act = pairs[li], pairs[li + 1]
+        w2 = conv.W_std ** 2
+        b2 = 0.0 if conv.b_std is None else conv.b_std ** 2
+        v1 = conv_map(v1, "diag", conv.kernel_size, conv.stride, conv.padding).mul_(w2).add_(b2)
+        v2 = v1 if same_vars else conv_map(v2, "diag", conv.kernel_size, conv.stride,
+                                           conv.padding).mul_(w2).add_(b2)
+        out.append((v1, v2))
+        v1 = act.var_moment(v1)
+        v2 = v1 if same_vars else act.var_moment(v2)
+    return out, v1, v2
+
+
+def _rg(v: torch.Tensor):
+    return torch.where(v > 0, torch.rsqrt(v), torch.zeros_like(v)), torch.sqrt(v)
+
+
+# pairs per fused call in the full regime: a fixed shape, so that the compiled step is built
+# once per layer configuration (the last micro-batch is padded with zero covariances)
+_MICRO = {"cpu": 1, "cuda": 16}
+
+
+def run_fused(pairs, state: KernelState) -> KernelState:
+    """Apply [Conv2d, ABReLU] * L to an input state in one pass per layer (module doc)."""
+    full = state.spatial == "full"
+    kh, kw = pairs[0].kernel_size
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    cov = state.cov
+    dev = cov.device
+    same_vars = state.var2 is state.var1
+    lvars, v1_out, v2_out = _layer_vars(pairs, state.var1, state.var2, same_vars)
+    track = state.track_ntk
+    trains = [pairs[li].trainable and track for li in range(0, len(pairs), 2)]
+    any_t = any(trains)
+    h, w = cov.shape[-2], cov.shape[-1]
+    if full:
+        m = cov.shape[0]
+        mb = _MICRO.get(dev.type, 8)
+    else:
+        m = mb = None  # the diagonal regime runs the whole block at once
+    shape = _padded_shape(cov.shape if not full else (mb,) + tuple(cov.shape[1:]), ph, pw, full)
+    buf_s = [cov.new_zeros(shape), cov.new_zeros(shape)]
+    buf_t = [cov.new_zeros(shape), cov.new_zeros(shape)] if any_t else None
+    out_cov = torch.empty_like(cov) if full else None
+    out_ntk = (torch.empty_like(cov) if any_t else None) if full else None
+    entries = cov.numel() * len(pairs)
+    starts = range(0, m, mb) if full else [None]
+    for s0 in starts:
+        if full:
+            k = min(mb, m - s0)
+            sl = slice(s0, s0 + k)
+            src = _window(buf_s[0], ph, pw, h, w, True)
+            src[:k].copy_(cov[sl])
+            if k < mb:
+                src[k:].zero_()
+        else:
+            _window(buf_s[0], ph, pw, h, w, False).copy_(cov)
+        has_t = False
+        for layer_i, li in enumerate(range(0, len(pairs), 2)):
+            conv, act = pairs[li], pairs[li + 1]
+            v1, v2 = lvars[layer_i]
+            if full:
+                v1, v2 = v1[sl], v2[sl]
+                if k < mb:
+                    pad = v1.new_zeros((mb - k,) + tuple(v1.shape[1:]))
+                    v1, v2 = torch.cat([v1, pad]), torch.cat([v2, pad])
+            r1, g1 = _rg(v1)
+            r2, g2 = (r1, g1) if (same_vars and not full) else _rg(v2)
+            if full:  # (mb, H, W, 1, 1) and (mb, 1, 1, H, W)
+                r1, g1 = r1[:, :, :, None, None], g1[:, :, :, None, None]
+                r2, g2 = r2[:, None, None], g2[:, None, None]
+            elif state.layout == "dense":  # (n1, 1, H, W) and (1, n2, H, W)
+                r1, g1, r2, g2 = r1[:, None], g1[:, None], r2[None], g2[None]
+            w2 = conv.W_std ** 2
+            b2 = 0.0 if conv.b_std is None else conv.b_std ** 2
+            half_sum, diff2 = act._coefs
+            cfg = (kh, kw, w2, b2, bool(trains[layer_i]), float(half_sum), float(diff2), full)
+            writes_t = buf_t is not None and (has_t or trains[layer_i])
+            fn = _step_fn(dev, entries, cfg, has_t, writes_t)
+            _call(fn, buf_s[0], buf_t[0] if has_t else None, buf_s[1],
+                  buf_t[1] if writes_t else None, r1, r2, g1, g2, cfg)
+            buf_s.reverse()
+            if writes_t:
+                buf_t.reverse()
+                has_t = True
+        if full:
+            out_cov[sl] = _window(buf_s[0], ph, pw, h, w, True)[:k]
+            if out_ntk is not None:
+                out_ntk[sl] = _window(buf_t[0], ph, pw, h, w, True)[:k]
+    if not full:
+        out_cov = _window(buf_s[0], ph, pw, h, w, False)
+        out_ntk = _window(buf_t[0], ph, pw, h, w, False) if any_t else None
+    return state.replace(cov=out_cov, ntk=out_ntk, var1=v1_out, var2=v2_out, dist=None,
+                         width=pairs[-2].out_channels, is_input=False)

@@ -1,0 +1,211 @@
+"""The report page: ``render(results) -> html`` from the demo's results dict."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from .html import Num, card, esc, figure, page, table
+
+_MAX_EXPERIMENT_ROWS = 14
+
+
+def _leaderboard(d: Dict[str, Any]) -> str:
+    best = d["best"]
+    entries = []
+    for kernel in ("ntk", "nngp"):
+        i = next(i for i, r in enumerate(d["kernels"]) if r["depth"] == best[kernel]["depth"])
+        entries.append((f"{kernel.upper()} kernel regression", f"depth {best[kernel]['depth']}",
+                        Num(d["kernels"][i][f"{kernel}_accuracy"],
+                            f"digits.kernels.{i}.{kernel}_accuracy", "pct"),
+                        Num(d["kernels"][i][f"{kernel}_total_seconds"],
+                            f"digits.kernels.{i}.{kernel}_total_seconds", "seconds")))
+    for i, b in enumerate(d["baselines"]):
+        entries.append((b["name"], b["params"], Num(b["accuracy"], f"digits.baselines.{i}.accuracy", "pct"),
+                        Num(b["seconds"], f"digits.baselines.{i}.seconds", "seconds")))
+    entries.sort(key=lambda e: -e[2].value)
+    return table(["method", "settings", "test accuracy", "time (fit + predict)"], entries,
+                 caption=f"Digits, {d['data']['n_train']} training / {d['data']['n_test']} test "
+                         f"images, sorted by accuracy (the best in bold). One test image is "
+                         f"{100 / d['data']['n_test']:.2f} percentage points, so differences of "
+                         f"one or two images are noise.",
+                 highlight={0})
+
+
+def _depth_table(d: Dict[str, Any]) -> str:
+    rows = []
+    for i, r in enumerate(d["kernels"]):
+        p = f"digits.kernels.{i}"
+        rows.append((Num(r["depth"], f"{p}.depth", "int"),
+                     Num(r["ntk_accuracy"], f"{p}.ntk_accuracy", "pct"),
+                     Num(r["nngp_accuracy"], f"{p}.nngp_accuracy", "pct"),
+                     Num(r["kernel_seconds"], f"{p}.kernel_seconds", "seconds"),
+                     Num(r["ntk_solve_seconds"], f"{p}.ntk_solve_seconds", "seconds"),
+                     Num(r["nngp_solve_seconds"], f"{p}.nngp_solve_seconds", "seconds")))
+    n_all = d["data"]["n_train"] + d["data"]["n_test"]
+    return table(["depth", "NTK accuracy", "NNGP accuracy", "kernels (both)", "NTK solve",
+                  "NNGP solve"], rows,
+                 caption=f"Per depth: test accuracy, and the time to compute both {n_all}×{n_all} "
+                         f"kernel matrices in one pass and to solve each regression.")
+
+
+def _digits_section(d: Dict[str, Any]) -> str:
+    base = "digits-kernels"
+    fig = d["figures"]
+    cfg = d["config"]
+    best = d["best"]
+    deepest = d["kernels"][-1]
+    check = d.get("estimator_check")
+    if check and "accuracy" in check:
+        verdict = "the same" if check["matches_direct_solve"] else "a different"
+        check_html = (f"<p>Cross-check: the public estimator <code>nk.NTKClassifier(arch, "
+                      f"t=None, diag_reg={cfg['diag_reg']})</code> at the best NTK depth gives "
+                      f"{verdict} test accuracy ({100 * check['accuracy']:.2f}%).</p>")
+    elif check and "error" in check:
+        check_html = f"<p>Cross-check with <code>nk.NTKClassifier</code> failed: {esc(check['error'])}</p>"
+    else:
+        check_html = ""
+    return f"""
+<section id="digits">
+<h2>Which kernel wins on digits?</h2>
+<p class="lead">scikit-learn's handwritten digits (8×8 pixels, 10 classes), pixels standardized.
+Each infinite-width network is <code>{esc(cfg['arch'])}</code>: L hidden ReLU layers in the NTK
+parameterization. <b>NTK regression</b> is what an infinitely wide network converges to when
+trained by gradient descent on the squared loss; <b>NNGP regression</b> is the Bayesian posterior
+mean of the same network's Gaussian-process prior. Both are a single linear solve with a
+ridge of {cfg['diag_reg']:g} × the mean diagonal, one-hot targets, and the class with the largest
+output. Baselines use fixed, standard settings; nothing was tuned on the test set.</p>
+{_leaderboard(d)}
+{figure(f"{base}/{fig['accuracy_vs_depth']}",
+        "Test accuracy against depth (log scale). Red: NTK, teal: NNGP; grey lines: the "
+        "baselines. With depth both kernels approach their deep limit, in which all inputs look "
+        f"alike (see the kernel matrices below). In this run the NTK is best at depth "
+        f"{best['ntk']['depth']} ({100 * best['ntk']['accuracy']:.2f}%) and reaches "
+        f"{100 * deepest['ntk_accuracy']:.2f}% at depth {deepest['depth']}; the NNGP reaches "
+        f"{100 * deepest['nngp_accuracy']:.2f}% there.",
+        "accuracy against depth")}
+<h3>Accuracy and time per depth</h3>
+{_depth_table(d)}
+{check_html}
+<h3>What the kernels look like</h3>
+{figure(f"{base}/{fig['kernel_matrices']}",
+        "Each panel is the kernel between 200 test digits, normalized to a correlation "
+        "K(x,x')/√(K(x,x)K(x',x')) and sorted by class (the tick marks are the digit of each block). "
+        "Bright diagonal blocks mean same-class digits look alike to the kernel. With depth, all "
+        "correlations move towards a constant (note the colour range in each title, from the "
+        "1st to the 99.5th percentile of the off-diagonal values): the deep kernel keeps the "
+        "block structure only in a narrow band.",
+        "normalized kernel matrices")}
+{figure(f"{base}/{fig['kernel_pca']}",
+        "Kernel PCA of the test digits: the first two principal components of the NTK and "
+        "NNGP (at their best depths), normalized to correlations and centred. Each colour is a digit, drawn at its class mean. "
+        "Classes that separate here are easy for the kernel.",
+        "kernel PCA")}
+{figure(f"{base}/{fig['ntk_spectrum']}",
+        "Eigenvalues of the training-set NTK per depth, divided by their sum, log-log. Gradient "
+        "descent learns the top eigendirections first (rate ∝ eigenvalue); deeper kernels put "
+        "more weight on the top eigenvalue (the constant direction) and flatten the rest.",
+        "NTK spectrum", narrow=True)}
+</section>"""
+
+
+_NOT_HEADLINE = ("seed", "seconds", "quick", "experiment", "config", "figures", "dtype", "device")
+
+
+def _scalar_rows(name: str, results: Dict[str, Any]) -> List[tuple]:
+    """The experiment's headline numbers: its scalar results (top level, and one level down),
+    leaving out its configuration and bookkeeping."""
+    rows = []
+
+    def add(key: str, value: Any, path: str) -> None:
+        if isinstance(value, bool) or len(rows) >= _MAX_EXPERIMENT_ROWS:
+            return
+        if isinstance(value, (int, float)):
+            rows.append((key, Num(value, path, "int" if isinstance(value, int) else "num")))
+        elif isinstance(value, str) and len(value) <= 80:
+            rows.append((key, value))
+
+    for key, value in results.items():
+        if "." in str(key) or key in _NOT_HEADLINE:
+            continue
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if "." not in str(sub) and sub not in _NOT_HEADLINE and not isinstance(v, (dict, list)):
+                    add(f"{key} / {sub}", v, f"experiments.{name}.results.{key}.{sub}")
+        else:
+            add(str(key), value, f"experiments.{name}.results.{key}")
+    return rows
+
+
+def _config_line(results: Dict[str, Any]) -> str:
+    config = results.get("config")
+    if not isinstance(config, dict):
+        return ""
+    items = [f"{k}={v}" for k, v in config.items() if isinstance(v, (int, float, str, bool))]
+    lists = [f"{k}={v}" for k, v in config.items() if isinstance(v, list) and len(v) <= 8]
+    text = ", ".join(items + lists)
+    return f'<p class="config">Configuration: <code>{esc(text)}</code></p>' if text else ""
+
+
+def _experiment_block(name: str, e: Dict[str, Any]) -> str:
+    status = e["status"]
+    head = (f'<h3 id="exp-{esc(name)}">{esc(name)}<span class="status {status}">{status}</span></h3>'
+            f'<p class="lead">{esc(e["description"])}'
+            + (f" — ran in {e['seconds']:.1f} s (quick configuration)." if "seconds" in e else "")
+            + "</p>")
+    if status != "ok":
+        return head + f"<p>{esc(e.get('reason', ''))}</p>"
+    figs = "".join(figure(f"{e['dir']}/{f}", f"<code>{esc(f)}</code>", f"{name}: {f}")
+                   for f in e["figures"])
+    results = e.get("results") or {}
+    rows = _scalar_rows(name, results)
+    numbers = table(["result", "value"], rows, caption="From its results.json") if rows else ""
+    return head + figs + numbers + _config_line(results)
+
+
+def render(results: Dict[str, Any]) -> str:
+    """The whole page."""
+    d = results["digits"]
+    env = results["environment"]
+    best = d["best"]
+    kernels = d["kernels"]
+    i_ntk = next(i for i, r in enumerate(kernels) if r["depth"] == best["ntk"]["depth"])
+    i_nngp = next(i for i, r in enumerate(kernels) if r["depth"] == best["nngp"]["depth"])
+    i_base = max(range(len(d["baselines"])), key=lambda i: d["baselines"][i]["accuracy"])
+    cards = "".join([
+        card("Best NTK", Num(kernels[i_ntk]["ntk_accuracy"], f"digits.kernels.{i_ntk}.ntk_accuracy",
+                             "pct"), f'<span class="ntk">■</span> depth {best["ntk"]["depth"]}, '
+                                     f'test accuracy on digits'),
+        card("Best NNGP", Num(kernels[i_nngp]["nngp_accuracy"],
+                              f"digits.kernels.{i_nngp}.nngp_accuracy", "pct"),
+             f'<span class="nngp">■</span> depth {best["nngp"]["depth"]}'),
+        card("Best baseline", Num(d["baselines"][i_base]["accuracy"],
+                                  f"digits.baselines.{i_base}.accuracy", "pct"),
+             esc(d["baselines"][i_base]["name"])),
+        card("Report built in", Num(results["total_seconds"], "total_seconds", "seconds"),
+             f"{env['cpus']} CPU cores, {esc(env['device'])}, {esc(env['dtype'])}"),
+    ])
+    exps = results["experiments"]
+    exp_html = ""
+    if exps:
+        blocks = "".join(_experiment_block(n, e) for n, e in exps.items())
+        exp_html = (f'<section id="experiments"><h2>Theory against real networks</h2>'
+                    f'<p class="lead">Quick configurations of the reproductions; each one runs in '
+                    f'full with <code>ntkit experiment NAME</code>.</p>{blocks}</section>')
+    reproduce = f"""
+<section id="reproduce">
+<h2>Reproduce</h2>
+<pre>ntkit demo --out ntkit-report                  # this page
+ntkit experiment digits-kernels                # the digits comparison alone
+ntkit fit --arch fc:depth={best['ntk']['depth']},act=relu,W_std=1.414,b_std=0.05 --data digits
+ntkit experiment --list                        # every reproduction</pre>
+<p>All numbers on this page are in <a href="results.json">results.json</a>.</p>
+</section>"""
+    nav = [("digits", "Digits: NTK vs baselines")]
+    if exps:
+        nav.append(("experiments", "Theory vs real networks"))
+    nav.append(("reproduce", "Reproduce"))
+    subtitle = (f"What the Neural Tangent Kernel does on real data — generated {esc(results['generated'])}"
+                + (" · quick mode (reduced data)" if results.get("quick") else ""))
+    footer = (f"ntkit {esc(env['ntkit'])} · torch {esc(env['torch'])} · Python {esc(env['python'])} · "
+              f"{esc(env['platform'])} · seed {env['seed']}")
+    body = f'<div class="cards">{cards}</div>' + _digits_section(d) + exp_html + reproduce
+    return page("ntkit report", subtitle, nav, body, footer)

@@ -1,0 +1,72 @@
+"""Quick runs of the training-dynamics experiments (real training of finite networks against the
+closed forms of ntkit.predict); each checks the files and the effect the seed predicts.
+All runs are seeded, hence deterministic."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ntkit import experiments
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _files(out, names):
+    for name in names:
+        assert (out / name).stat().st_size > 1000
+    return json.loads((out / "results.json").read_text())
+
+
+def test_linearization_error_small_and_shrinks_with_width(tmp_path):
+    res = experiments.get("linearization")(tmp_path, quick=True, widths=[64, 1024], steps=40)
+    saved = _files(tmp_path, ["linearization.png"])
+    assert saved["widths"] == res["widths"]
+    narrow, wide = res["widths"]
+    # the net follows its own linearization (empirical NTK): error small, shrinking with width
+    assert wide["rel_err_linearized"] < 0.05
+    assert wide["rel_err_linearized"] < 0.5 * narrow["rel_err_linearized"]
+    # the infinite-width prediction is further away than the own linearization, and improves too
+    assert wide["rel_err_analytic_ntk"] > wide["rel_err_linearized"]
+    assert wide["rel_err_analytic_ntk"] < narrow["rel_err_analytic_ntk"]
+
+
+def test_ntk_gp_band_holds_the_trained_networks(tmp_path):
+    res = experiments.get("ntk-gp")(tmp_path, quick=True, n_nets=16, steps=60, n_test=15,
+                                    paper_nets=3, paper_widths=(50, 400))
+    _files(tmp_path, ["ntk_gp_poster.png", "ntk_gp_paper.png"])
+    # 80% band of the NTK-GP: the fraction of (network, input) pairs inside is near 0.8
+    assert 0.6 <= res["poster"]["fraction_inside_80"] <= 0.95
+    assert res["poster"]["rel_err_empirical_mean"] < 0.3
+    assert [p["width"] for p in res["paper"]] == [50, 400]
+    assert res["paper"][0]["depth"] == 4
+
+
+def test_two_layer_sigmoid_bound_and_weight_movement(tmp_path):
+    res = experiments.get("two-layer-sigmoid")(tmp_path, quick=True, widths=[32, 512])
+    _files(tmp_path, ["two_layer_sigmoid.png"])
+    rows = res["widths"]
+    # ‖y − u(t)‖² ≤ ‖y‖² exp(−2 t λ̄) along the whole trajectory (seed 003, part a)
+    assert all(r["bound_holds"] for r in rows)
+    # weights move less for wider nets, about like m^-1/2 (seed 003, part b)
+    assert rows[1]["max_weight_move"] < rows[0]["max_weight_move"]
+    assert -0.8 < res["slope_max_weight_move"] < -0.25
+    # and the trained wide net is close to gradient flow with the infinite-width kernel
+    assert rows[1]["rel_dist_to_kernel_regression"] < 0.02
+
+
+def test_lazy_training_weight_change_and_kappa_fall_with_width(tmp_path):
+    res = experiments.get("lazy-training")(tmp_path, quick=True, widths=[10, 1000],
+                                           max_steps=1500)
+    _files(tmp_path, ["lazy_training.png"])
+    small, big = res["widths"]
+    assert big["final_loss"] < 1e-3
+    assert big["rel_weight_change"] < 0.5 * small["rel_weight_change"]
+    assert big["kappa"] < small["kappa"]
+    assert np.isfinite(res["slope_kappa"])

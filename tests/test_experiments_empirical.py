@@ -1,0 +1,48 @@
+"""Quick runs of the experiments of issue 3 (width-sweep, unit-circle, ntk-drift): they write
+their figure and results.json, and their numbers show what the theory says."""
+import json
+
+import pytest
+import torch
+
+from ntkit.experiments import get
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_width_sweep_quick(tmp_path):
+    # smaller than QUICK (whose slope is asserted in test_empirical.py): outputs only
+    res = get("width-sweep")(tmp_path, quick=True, widths=[64, 256], seeds=2)
+    assert (tmp_path / "width_sweep.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "results.json").read_text())["widths"] == [64, 256]
+    assert res["mean_relative_distance"][1] < res["mean_relative_distance"][0]
+
+
+def test_unit_circle_quick(tmp_path):
+    res = get("unit-circle")(tmp_path, quick=True)
+    assert (tmp_path / "unit_circle.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["limit"]) == len(saved["gamma"]) == res["config"]["n_gamma"]
+    narrow, wide = (res["widths"][str(w)] for w in res["config"]["widths"])
+    # the kernel moves during training, much less at the larger width (lazy training)
+    assert wide["mean_relative_change_during_training"] < \
+        0.5 * narrow["mean_relative_change_during_training"]
+    # training reduced the loss for every initialization
+    assert all(final < initial for initial, final in wide["loss_initial_final"])
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    assert mean(wide["relative_distance_to_limit_init"]) < \
+        mean(narrow["relative_distance_to_limit_init"])
+
+
+def test_ntk_drift_quick(tmp_path):
+    res = get("ntk-drift")(tmp_path, quick=True)
+    assert (tmp_path / "ntk_drift.png").stat().st_size > 10_000
+    drift = res["mean_drift"]
+    assert drift[-1] < drift[0]  # the NTK moves less for wider networks
+    assert res["fitted_slope_drift"] < -0.25
