@@ -218,3 +218,20 @@ def test_uci_and_cifar10_by_name(tmp_path, capsys):
     assert code == 0, err
     z = np.load(tmp_path / "c.npz")
     assert z["nngp"].shape == (3, 3) and np.all(np.linalg.eigvalsh(z["nngp"]) > -1e-12)
+
+
+def test_fit_two_class_dataset(capsys):
+    """Two classes: the classifier's scikit-learn decision_function is 1-D there; the command
+    must still score with the (m, 2) regression outputs (breast-cancer-wisc is ~96% linearly
+    separable, so a working fit is far above the 65% majority class)."""
+    from ntkit.data import default_data_dir
+    from ntkit.datasets import expected_file
+
+    if not expected_file("uci:breast-cancer-wisc", default_data_dir()).is_file():
+        pytest.skip("../shared/data/uci/breast-cancer-wisc not present")
+    code, out, err = run_main(capsys, "fit", "--arch", "fc:depth=1", "--data",
+                              "uci:breast-cancer-wisc", "--diag-reg", "1e-3", "--json", "-q")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["n_train"] + metrics["n_test"] == 699
+    assert metrics["test_accuracy"] > 0.9

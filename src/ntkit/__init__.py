@@ -9,7 +9,6 @@
 from .empirical import empirical_nngp, empirical_ntk
 from .from_torch import from_torch
 from . import predict
-from .estimators import NNGPRegressor, NTKClassifier, NTKRegressor
 from .kernels import Kernels
 from .layers import (ABReLU, GELU, Elementwise, Erf, Identity, Layer, LeakyReLU, Linear, ReLU,
                      Sequential, Sigmoid, Sin, Tanh)
@@ -23,3 +22,19 @@ __all__ = ["Kernels", "Layer", "Sequential", "Linear", "ReLU", "LeakyReLU", "ABR
            "empirical_ntk", "empirical_nngp",
            "predict", "NTKRegressor", "NTKClassifier", "NNGPRegressor",
            "Conv2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten"]
+
+_LAZY = {"NTKRegressor": "estimators", "NTKClassifier": "estimators", "NNGPRegressor": "estimators"}
+
+
+def __getattr__(name):
+    # The estimators import scikit-learn (seconds): load them on first use only.
+    if name in _LAZY:
+        from importlib import import_module
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -182,6 +182,11 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         onehot[np.arange(len(codes)), codes] = 1.0
         return self._fit_targets(X, onehot)
 
+    def predict_outputs(self, X) -> np.ndarray:
+        """The regression outputs on the one-hot targets, shape (m, n_classes), for any number
+        of classes (``decision_function`` follows scikit-learn and is 1-D for two classes)."""
+        return self._raw_predict(X)
+
     def decision_function(self, X) -> np.ndarray:
         scores = self._raw_predict(X)
         if len(self.classes_) == 2:

@@ -52,7 +52,7 @@ def run_fit(ctx: Context, arch, arch_text: str, data: str, kernel: str, t: Optio
         bar.update(1)
         start = time.perf_counter()
         if kernel == "ntk":
-            scores = np.asarray(est.decision_function(xte))
+            scores = np.asarray(est.predict_outputs(xte))
         else:
             scores = np.asarray(est.predict(xte))
         predict_s = time.perf_counter() - start

@@ -58,7 +58,8 @@ def curves_for_width(width: int, cfg: dict, seed: int, x0, xs, x_train, y_train)
     arch = architecture(width, cfg)
     dtype = getattr(torch, cfg["dtype"])
     init, trained, losses = [], [], []
-    for i in tqdm(range(cfg["inits"]), desc=f"width {width}", disable=None):
+    first = int(cfg.get("first_init", 0))  # to split the initializations over processes
+    for i in tqdm(range(first, first + cfg["inits"]), desc=f"width {width}", disable=None):
         net = arch.init((2,), seed=seed * 1000 + i, dtype=dtype).eval()
         init.append(empirical_ntk(net, x0, xs)[0].double())
         lazy = to_lowrank(net, cfg["steps"], x_train.shape[0])
@@ -129,6 +130,30 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
               "seconds": time.perf_counter() - t0}
     (out_dir / "results.json").write_text(json.dumps(result))
     return result
+
+
+def merge_runs(out_dir: Path, part_dirs) -> dict:
+    """Combine runs over disjoint initializations (``first_init``/``inits`` options, e.g. one
+    process per core) into one figure and results.json, as if run in one process."""
+    parts = [json.loads((Path(p) / "results.json").read_text()) for p in part_dirs]
+    merged = {**parts[0], "config": {**parts[0]["config"], "first_init": 0,
+                                     "inits": sum(p["config"]["inits"] for p in parts)},
+              "seconds": sum(p["seconds"] for p in parts), "merged_from": [str(p) for p in part_dirs]}
+    curves = {}
+    for width in parts[0]["widths"]:
+        entry = {key: [v for p in parts for v in p["widths"][width][key]]
+                 for key in parts[0]["widths"][width] if isinstance(parts[0]["widths"][width][key], list)}
+        entry["mean_relative_change_during_training"] = float(
+            np.mean(entry["relative_change_during_training"]))
+        merged["widths"][width] = entry
+        curves[int(width)] = {"init": np.array(entry["curves_init"]),
+                              "trained": np.array(entry["curves_trained"])}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot(out_dir / "unit_circle.png", torch.tensor(merged["gamma"]), torch.tensor(merged["limit"]),
+         curves, merged["config"])
+    (out_dir / "results.json").write_text(json.dumps(merged))
+    return merged
 
 
 def main(argv=None) -> None:
