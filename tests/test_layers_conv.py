@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.layers import conv_fused
+from ntkit.layers import conv_fused, conv_native
 from tests import conv_bruteforce as bf
 
 S2 = math.sqrt(2.0)
@@ -52,18 +52,31 @@ def _arch_and_spec(case):
                               nk.Linear(1, W_std=1.0, b_std=0.2)),
                 [("conv", 2, 2, (1, 1), "valid", 1.4, 0.3, True), ("relu", 0.0, 1.0),
                  ("pool", 2, 2, "valid"), ("flatten",), ("dense", 1.0, 0.2, True)])
+    if case == "same-3x5-bias-gap":  # fusable, a kernel size without a compiled stencil
+        return (nk.Sequential(nk.Conv2d(4, (3, 5), W_std=1.3, b_std=0.2), nk.ReLU(),
+                              nk.Conv2d(4, (3, 5), W_std=1.1, b_std=0.1), nk.ABReLU(-0.3, 0.8),
+                              nk.GlobalAvgPool2d(), nk.Linear(1, W_std=1.0, b_std=0.1)),
+                [("conv", 3, 5, (1, 1), "same", 1.3, 0.2, True), ("relu", 0.0, 1.0),
+                 ("conv", 3, 5, (1, 1), "same", 1.1, 0.1, True), ("relu", -0.3, 0.8), ("gap",),
+                 ("dense", 1.0, 0.1, True)])
     raise KeyError(case)
 
 
 CASES = ["same-flatten", "same-gap-fixed", "valid-stride-gap", "circular-pool-flatten",
-         "valid-pool-valid"]
+         "valid-pool-valid", "same-3x5-bias-gap"]
 
 
-@pytest.fixture(params=[True, False], ids=["fused", "layerwise"])
+@pytest.fixture(params=["native", "torch", "layerwise"])
 def fused(request):
-    old = conv_fused.set_fused(request.param)
-    yield request.param
+    """The fused [Conv2d, ReLU] path with the C++ kernel (skipped where it cannot be built),
+    the fused path in torch ops, and the layer-by-layer reference path."""
+    if request.param == "native" and not conv_native.available():
+        pytest.skip(f"native kernel unavailable: {conv_native.last_error()}")
+    old = conv_fused.set_fused(request.param != "layerwise")
+    old_native = conv_native.set_native(request.param == "native")
+    yield request.param != "layerwise"
     conv_fused.set_fused(old)
+    conv_native.set_native(old_native)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -195,7 +195,8 @@ def fused_prefix(layers, state: KernelState):
         return 0, None
     if not state.is_input or state.spatial not in ("diag", "full") or state.ntk is not None:
         return 0, None
-    if state.cov.dtype not in (torch.float32, torch.float64):
+    dtype = state.cov.dtype if state.cov is not None else state.images[0].dtype
+    if dtype not in (torch.float32, torch.float64):
         return 0, None
     if state.spatial == "full" and state.layout != "paired":
         return 0, None
@@ -208,7 +209,7 @@ def fused_prefix(layers, state: KernelState):
     if n == 0:
         return 0, None
     pairs = layers[:n]
-    return n, lambda st: run_fused(pairs, st)
+    return n, lambda st, gap=False: run_fused(pairs, st, gap)
 
 
 def _padded_shape(shape, ph: int, pw: int, full: bool):
@@ -244,13 +245,37 @@ def _rg(v: torch.Tensor):
 _MICRO = {"cpu": 1, "cuda": 16}
 
 
-def run_fused(pairs, state: KernelState) -> KernelState:
-    """Apply [Conv2d, ABReLU] * L to an input state in one pass per layer (module doc)."""
+def _use_native(dev: torch.device, dtype: torch.dtype) -> bool:
+    if dev.type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return False
+    from . import conv_native
+    return conv_native.available()
+
+
+def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
+    """Apply [Conv2d, ABReLU] * L to an input state in one pass per layer (module doc).
+
+    On CPU the pass is ``conv_native``'s C++ kernel when it can be built; otherwise (and on
+    CUDA) it is ``_step`` through ``torch.compile`` for large problems, or eagerly. A lazy
+    pixel-pair input state (``state.images``) has its covariance written straight into the
+    padded buffer, pair by pair, by the native kernel. ``gap`` (pixel pairs only): also apply
+    GlobalAvgPool2d, i.e. return the mean over (p, p') of each pair's Σ and Θ, so that the
+    (m, H, W, H, W) outputs are never stored."""
     full = state.spatial == "full"
     kh, kw = pairs[0].kernel_size
     ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    images = state.images if state.cov is None else None
+    ref = state.cov if images is None else images[0]
+    dev = ref.device
+    native = _use_native(dev, ref.dtype)
+    if images is not None and not (native and full):
+        from .conv_state import materialize_input
+        state = materialize_input(state)
+        images = None
     cov = state.cov
-    dev = cov.device
+    if images is not None:  # a stand-in with the covariance's shape (never materialized)
+        m_, _, h_, w_ = images[0].shape
+        cov = images[0].new_zeros((1, 1, 1, 1, 1)).expand(m_, h_, w_, h_, w_)
     same_vars = state.var2 is state.var1
     lvars, v1_out, v2_out = _layer_vars(pairs, state.var1, state.var2, same_vars)
     track = state.track_ntk
@@ -259,60 +284,117 @@ def run_fused(pairs, state: KernelState) -> KernelState:
     h, w = cov.shape[-2], cov.shape[-1]
     if full:
         m = cov.shape[0]
-        mb = _MICRO.get(dev.type, 8)
+        mb = 1 if native else _MICRO.get(dev.type, 8)
     else:
         m = mb = None  # the diagonal regime runs the whole block at once
     shape = _padded_shape(cov.shape if not full else (mb,) + tuple(cov.shape[1:]), ph, pw, full)
     buf_s = [cov.new_zeros(shape), cov.new_zeros(shape)]
     buf_t = [cov.new_zeros(shape), cov.new_zeros(shape)] if any_t else None
-    out_cov = torch.empty_like(cov) if full else None
-    out_ntk = (torch.empty_like(cov) if any_t else None) if full else None
+    out_shape = (cov.shape[0],) if gap else cov.shape
+    out_cov = cov.new_empty(out_shape) if full else None
+    out_ntk = (cov.new_empty(out_shape) if any_t else None) if full else None
     entries = cov.numel() * len(pairs)
+    if native:  # rank-one factors 1/sqrt(v) and sqrt(v), (m|n, H, W) per layer and side
+        lrg = []
+        for v1, v2 in lvars:
+            r1, g1 = _rg(v1.contiguous())
+            r2, g2 = (r1, g1) if v2 is v1 else _rg(v2.contiguous())
+            lrg.append((r1, g1, r2, g2))
+    sums = torch.zeros(2, dtype=torch.float64) if (native and gap) else None
     starts = range(0, m, mb) if full else [None]
     for s0 in starts:
+        if sums is not None:
+            sums.zero_()
         if full:
             k = min(mb, m - s0)
             sl = slice(s0, s0 + k)
-            src = _window(buf_s[0], ph, pw, h, w, True)
-            src[:k].copy_(cov[sl])
-            if k < mb:
-                src[k:].zero_()
+            if images is not None:  # native: mb = 1
+                from . import conv_native
+                conv_native.pair_input(images[0][s0].contiguous(), images[1][s0].contiguous(),
+                                       buf_s[0][0], ph, pw)
+            else:
+                src = _window(buf_s[0], ph, pw, h, w, True)
+                src[:k].copy_(cov[sl])
+                if k < mb:
+                    src[k:].zero_()
         else:
             _window(buf_s[0], ph, pw, h, w, False).copy_(cov)
         has_t = False
         for layer_i, li in enumerate(range(0, len(pairs), 2)):
             conv, act = pairs[li], pairs[li + 1]
-            v1, v2 = lvars[layer_i]
-            if full:
-                v1, v2 = v1[sl], v2[sl]
-                if k < mb:
-                    pad = v1.new_zeros((mb - k,) + tuple(v1.shape[1:]))
-                    v1, v2 = torch.cat([v1, pad]), torch.cat([v2, pad])
-            r1, g1 = _rg(v1)
-            r2, g2 = (r1, g1) if (same_vars and not full) else _rg(v2)
-            if full:  # (mb, H, W, 1, 1) and (mb, 1, 1, H, W)
-                r1, g1 = r1[:, :, :, None, None], g1[:, :, :, None, None]
-                r2, g2 = r2[:, None, None], g2[:, None, None]
-            elif state.layout == "dense":  # (n1, 1, H, W) and (1, n2, H, W)
-                r1, g1, r2, g2 = r1[:, None], g1[:, None], r2[None], g2[None]
             w2 = conv.W_std ** 2
             b2 = 0.0 if conv.b_std is None else conv.b_std ** 2
             half_sum, diff2 = act._coefs
-            cfg = (kh, kw, w2, b2, bool(trains[layer_i]), float(half_sum), float(diff2), full)
             writes_t = buf_t is not None and (has_t or trains[layer_i])
-            fn = _step_fn(dev, entries, cfg, has_t, writes_t)
-            _call(fn, buf_s[0], buf_t[0] if has_t else None, buf_s[1],
-                  buf_t[1] if writes_t else None, r1, r2, g1, g2, cfg)
+            if native:
+                last_gap = gap and li == len(pairs) - 2
+                _native_layer(buf_s, buf_t, has_t, writes_t, lrg[layer_i], state, full,
+                              sl if full else None, kh, kw, w2, b2, float(half_sum),
+                              float(diff2), bool(trains[layer_i]),
+                              sums if last_gap else None)
+            else:
+                v1, v2 = lvars[layer_i]
+                if full:
+                    v1, v2 = v1[sl], v2[sl]
+                    if k < mb:
+                        pad = v1.new_zeros((mb - k,) + tuple(v1.shape[1:]))
+                        v1, v2 = torch.cat([v1, pad]), torch.cat([v2, pad])
+                r1, g1 = _rg(v1)
+                r2, g2 = (r1, g1) if (same_vars and not full) else _rg(v2)
+                if full:  # (mb, H, W, 1, 1) and (mb, 1, 1, H, W)
+                    r1, g1 = r1[:, :, :, None, None], g1[:, :, :, None, None]
+                    r2, g2 = r2[:, None, None], g2[:, None, None]
+                elif state.layout == "dense":  # (n1, 1, H, W) and (1, n2, H, W)
+                    r1, g1, r2, g2 = r1[:, None], g1[:, None], r2[None], g2[None]
+                cfg = (kh, kw, w2, b2, bool(trains[layer_i]), float(half_sum), float(diff2),
+                       full)
+                fn = _step_fn(dev, entries, cfg, has_t, writes_t)
+                _call(fn, buf_s[0], buf_t[0] if has_t else None, buf_s[1],
+                      buf_t[1] if writes_t else None, r1, r2, g1, g2, cfg)
             buf_s.reverse()
             if writes_t:
                 buf_t.reverse()
                 has_t = True
-        if full:
-            out_cov[sl] = _window(buf_s[0], ph, pw, h, w, True)[:k]
+        if full and native and gap:  # the last layer summed its outputs
+            out_cov[s0] = sums[0] / (h * w) ** 2
             if out_ntk is not None:
-                out_ntk[sl] = _window(buf_t[0], ph, pw, h, w, True)[:k]
+                out_ntk[s0] = sums[1] / (h * w) ** 2
+        elif full:
+            res_s = _window(buf_s[0], ph, pw, h, w, True)[:k]
+            res_t = _window(buf_t[0], ph, pw, h, w, True)[:k] if out_ntk is not None else None
+            if gap:
+                res_s = res_s.mean(dim=(1, 2, 3, 4))
+                res_t = res_t.mean(dim=(1, 2, 3, 4)) if res_t is not None else None
+            out_cov[sl] = res_s
+            if out_ntk is not None:
+                out_ntk[sl] = res_t
     if not full:
         out_cov = _window(buf_s[0], ph, pw, h, w, False)
         out_ntk = _window(buf_t[0], ph, pw, h, w, False) if any_t else None
+    if gap:  # GlobalAvgPool2d.apply on the pooled values
+        return state.replace(cov=out_cov, ntk=out_ntk, var1=None, var2=None, dist=None,
+                             width=pairs[-2].out_channels, spatial="none", is_input=False,
+                             images=None)
     return state.replace(cov=out_cov, ntk=out_ntk, var1=v1_out, var2=v2_out, dist=None,
-                         width=pairs[-2].out_channels, is_input=False)
+                         width=pairs[-2].out_channels, is_input=False, images=None)
+
+
+def _native_layer(buf_s, buf_t, has_t, writes_t, rg, state, full, sl, kh, kw, w2, b2,
+                  half_sum, diff2, trains, sums=None) -> None:
+    """One layer by ``conv_native.conv_relu_step`` (same math as ``_step``); ``sums``: add the
+    sums of the outputs there instead of writing them (pixel pairs, one pair per call)."""
+    from . import conv_native
+    r1, g1, r2, g2 = rg
+    h, w = r1.shape[-2], r1.shape[-1]
+    if full:  # one pair per call: (1, Hp, Wp, Hp, Wp)
+        r1, g1, r2, g2 = r1[sl], g1[sl], r2[sl], g2[sl]
+        geom = (conv_native.REGIME_FULL, 1, 0, h, w, kh, kw)
+    elif state.layout == "dense":
+        geom = (conv_native.REGIME_DIAG_DENSE, r1.shape[0], r2.shape[0], h, w, kh, kw)
+    else:
+        geom = (conv_native.REGIME_DIAG_PAIRED, r1.shape[0], 0, h, w, kh, kw)
+    eps4 = 4.0 * torch.finfo(buf_s[0].dtype).eps
+    consts = (w2 / (kh * kw), b2, half_sum, diff2 / (2 * math.pi), eps4, float(trains))
+    conv_native.conv_relu_step(buf_s[0], buf_t[0] if has_t else None, buf_s[1],
+                               buf_t[1] if writes_t else None, r1, r2, g1, g2, geom, consts,
+                               sums)

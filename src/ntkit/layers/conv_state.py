@@ -91,15 +91,28 @@ def dense_image_state(a: torch.Tensor, b: Optional[torch.Tensor], spatial: str) 
 
 
 def paired_image_state(a: torch.Tensor, b: torch.Tensor, spatial: str,
-                       same: bool = False) -> KernelState:
-    """Input state of m pairs (a[k], b[k]); ``same`` marks pairs of an input with itself."""
+                       same: bool = False, lazy: bool = False) -> KernelState:
+    """Input state of m pairs (a[k], b[k]); ``same`` marks pairs of an input with itself.
+    ``lazy`` (pixel pairs only): leave cov to ``materialize_input`` (or to the fused path)."""
     c = a.shape[1]
-    eq = "kchw,kchw->khw" if spatial == "diag" else "kchw,kcxy->khwxy"
-    cov = torch.einsum(eq, a, b).div_(c)
     var1 = _pixel_var(a)
     var2 = var1 if same else _pixel_var(b)
+    if lazy and spatial == "full":
+        return KernelState(cov=None, var1=var1, var2=var2, ntk=None, width=c, spatial=spatial,
+                           layout="paired", images=(a, b))
+    eq = "kchw,kchw->khw" if spatial == "diag" else "kchw,kcxy->khwxy"
+    cov = torch.einsum(eq, a, b).div_(c)
     return KernelState(cov=cov, var1=var1, var2=var2, ntk=None, width=c, spatial=spatial,
                        layout="paired")
+
+
+def materialize_input(state: KernelState) -> KernelState:
+    """The covariance of a lazy pixel-pair input state: Σ⁰[k, p, p'] = (1/C) Σ_c a_kc[p] b_kc[p']."""
+    if state.cov is not None:
+        return state
+    a, b = state.images
+    cov = torch.einsum("kchw,kcxy->khwxy", a, b).div_(a.shape[1])
+    return state.replace(cov=cov, images=None)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -150,12 +163,24 @@ def spatial_kernel(seq, t1: torch.Tensor, t2: Optional[torch.Tensor], want_ntk: 
 
 
 def _run(layers, state: KernelState, hook=None) -> KernelState:
+    """Apply the layers (a fused prefix in one pass per layer when there is one; a
+    GlobalAvgPool2d right after it is folded into that pass); ``hook(k, state)`` runs after
+    layer k."""
     from .conv_fused import fused_prefix
+    from .pooling import GlobalAvgPool2d
     k = 0
     n_fused, fused = fused_prefix(layers, state)
     if n_fused:
-        state = fused(state)
+        gap = (state.spatial == "full" and n_fused < len(layers)
+               and type(layers[n_fused]) is GlobalAvgPool2d)
+        state = fused(state, gap)
         k = n_fused
+        if gap:
+            if hook is not None:
+                state = hook(k, state)
+            k += 1
+    else:
+        state = materialize_input(state)
     while k < len(layers):
         state = layers[k].apply(state)
         if hook is not None:
@@ -219,7 +244,7 @@ def _self_pass(layers, pool_at, x, want_ntk, m):
                 st = st.replace(var1=v, var2=v)
             return st
 
-        state = paired_image_state(a, a, "full", same=True)
+        state = paired_image_state(a, a, "full", same=True, lazy=True)
         state.track_ntk = want_ntk
         out = _run(layers, state, hook)
         diag_nngp.append(out.cov)
@@ -257,7 +282,7 @@ def _full_kernel(layers, pool_at, x1, x2, want_ntk, batch_size):
                 st = st.replace(var1=tape1[k][i], var2=tape2[k][j])
             return st
 
-        state = paired_image_state(x1[i], other[j], "full")
+        state = paired_image_state(x1[i], other[j], "full", lazy=True)
         state.track_ntk = want_ntk
         out = _run(layers, state, hook)
         nngp[i, j] = out.cov

@@ -42,6 +42,10 @@ class KernelState:
     symmetric: bool = False
     # False when the caller asked for the NNGP only: layers then never start an NTK.
     track_ntk: bool = True
+    # Pixel-pair input states of image pairs may defer their covariance: cov is None and
+    # images = (a, b), (m, C, H, W) each, until ``conv_state.materialize_input`` computes it
+    # (the fused native path writes it straight into its padded buffers instead).
+    images: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)

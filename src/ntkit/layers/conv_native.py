@@ -1,0 +1,227 @@
+"""Native CPU kernel for fused [Conv2d, ReLU-family] layers, built on first use.
+
+The pass of ``conv_fused._step`` (stencil sums of Σ and Θ, arc-cosine activation, writes into
+the interior of the next zero-padded buffer) is written once in C++
+(``native/fused_conv_relu.cpp``), compiled with the machine's C++ compiler (``$CXX`` or
+``c++``, ``-O3 -march=native``) into a shared library that is cached under
+``$NTKIT_CACHE_DIR`` (default ``~/.cache/ntkit``) and keyed by a hash of the source, the flags
+and the compiler, then called through ``ctypes``. Every output row is a contiguous run of W
+entries, so the compiler vectorizes it; one pass per layer reads each input entry from cache
+and writes each output once, which is what brings a layer close to the memory floor.
+
+Threads: the rows are split over ``torch.get_num_threads()`` OpenMP threads. The library is
+linked with ``-fopenmp`` and loaded after torch, so it binds to the OpenMP runtime torch
+already loaded and both share one thread pool (two pools on the same cores spin against each
+other: measured 1.5x slower). If the compiler has no OpenMP, a serial build is used and the
+rows are split across a Python thread pool (``ctypes`` releases the GIL). When no compiler is available, the build fails,
+``NTKIT_NATIVE=0`` is set, or ``set_native(False)`` was called, ``available()`` is False and
+the callers use the torch implementation instead (``torch.compile`` or eager), with the same
+results to rounding.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+_SOURCE = Path(__file__).with_name("native") / "fused_conv_relu.cpp"
+_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+          "-std=c++17", "-fPIC", "-shared"]
+_ABI_VERSION = 4
+# regimes of the C++ kernel (see its header comment)
+REGIME_DIAG_DENSE, REGIME_DIAG_PAIRED, REGIME_FULL = 0, 1, 2
+
+_lock = threading.Lock()
+_state = {"lib": None, "tried": False, "error": None}
+_enabled = [os.environ.get("NTKIT_NATIVE", "1").lower() not in ("0", "off", "false", "no")]
+_pool: dict = {}
+
+
+def set_native(enabled: bool) -> bool:
+    """Use the native CPU kernel when it can be built (default True); returns the old value."""
+    old = _enabled[0]
+    _enabled[0] = bool(enabled)
+    return old
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("NTKIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ntkit"
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(cxx: str, flags) -> Path:
+    src = _SOURCE.read_bytes()
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()
+                         + platform.machine().encode()).hexdigest()[:16]
+    out_dir = cache_dir() / "native"
+    target = out_dir / f"fused_conv_relu-{key}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # build into a private file, then rename: concurrent builders (test workers) never see a
+    # half-written library
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *flags, str(_SOURCE), "-o", tmp], capture_output=True,
+                              text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load():
+    with _lock:
+        if _state["tried"]:
+            return _state["lib"]
+        _state["tried"] = True
+        cxx = _compiler()
+        if cxx is None:
+            _state["error"] = "no C++ compiler found (set CXX)"
+            return None
+        try:
+            try:
+                path = _build(cxx, _FLAGS + ["-fopenmp"])
+            except RuntimeError:  # no OpenMP: a serial build, threads from Python
+                path = _build(cxx, _FLAGS)
+            lib = ctypes.CDLL(str(path))
+            if lib.ntkit_abi_version() != _ABI_VERSION:
+                raise RuntimeError("stale library (ABI version mismatch)")
+            for name in ("ntkit_conv_relu_rows_f32", "ntkit_conv_relu_rows_f64"):
+                fn = getattr(lib, name)
+                fn.restype = None
+                fn.argtypes = ([ctypes.c_void_p] * 10 + [ctypes.c_int64, ctypes.c_int64]
+                               + [ctypes.c_int, ctypes.c_void_p])
+            for name in ("ntkit_pair_input_f32", "ntkit_pair_input_f64"):
+                fn = getattr(lib, name)
+                fn.restype = None
+                fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+            _state["openmp"] = bool(lib.ntkit_has_openmp())
+        except Exception as exc:  # build or load failure: fall back to torch
+            _state["error"] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"ntkit: native convolution kernel unavailable ({_state['error']}); "
+                          "using the torch implementation")
+            return None
+        _state["lib"] = lib
+        return lib
+
+
+def available() -> bool:
+    """True when the native kernel is enabled and built (builds it on the first call)."""
+    return _enabled[0] and _load() is not None
+
+
+def last_error() -> Optional[str]:
+    return _state["error"]
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _executor(n: int) -> ThreadPoolExecutor:
+    ex = _pool.get(n)
+    if ex is None:
+        ex = _pool[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ntkit-native")
+    return ex
+
+
+def conv_relu_step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tensor,
+                   ot: Optional[torch.Tensor], r1: torch.Tensor, r2: torch.Tensor,
+                   g1: torch.Tensor, g2: torch.Tensor, geom: Sequence[int],
+                   consts: Sequence[float], sums: Optional[torch.Tensor] = None) -> None:
+    """One fused layer on contiguous CPU tensors of one dtype (float32 or float64).
+
+    geom = (regime, A, B, H, W, kh, kw): regime 2 (pixel pairs): arrays (A, Hp, Wp, Hp, Wp),
+    r/g (A, H, W); regime 0 (same positions, dense): arrays (A, B, Hp, Wp), r1/g1 (A, H, W),
+    r2/g2 (B, H, W); regime 1 (paired): arrays (A, Hp, Wp), r/g (A, H, W).
+    consts = (W_std²/(kh·kw), b_std², (a²+b²)/2, (a-b)²/(2π), 4·eps, trainable).
+    sums (regime 2 only): a float64 tensor of 2 to which Σ_{p,p'} S' and Σ_{p,p'} T' are added
+    instead of writing os_/ot (a last layer followed by GlobalAvgPool2d)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {_state['error']}")
+    dtype = ps.dtype
+    tensors = [ps, pt, os_, ot, r1, r2, g1, g2]
+    for t in tensors:
+        if t is not None and (t.dtype != dtype or t.device.type != "cpu"
+                              or not t.is_contiguous()):
+            raise ValueError("native kernel needs contiguous CPU tensors of one dtype")
+    fn = {torch.float32: lib.ntkit_conv_relu_rows_f32,
+          torch.float64: lib.ntkit_conv_relu_rows_f64}.get(dtype)
+    if fn is None:
+        raise ValueError(f"native kernel supports float32/float64, got {dtype}")
+    regime, A, B, H, W = geom[:5]
+    if sums is not None and (regime != REGIME_FULL or sums.dtype != torch.float64
+                             or sums.numel() != 2 or not sums.is_contiguous()):
+        raise ValueError("sums: a contiguous float64 tensor of 2, pixel-pair regime only")
+    rows = {REGIME_FULL: A * H * W * H, REGIME_DIAG_DENSE: A * B * H,
+            REGIME_DIAG_PAIRED: A * H}[regime]
+    g = (ctypes.c_int64 * 7)(*[int(v) for v in geom])
+    c = (ctypes.c_double * 6)(*[float(v) for v in consts])
+    args = [_ptr(t) for t in tensors] + [ctypes.addressof(g), ctypes.addressof(c)]
+    nthreads = max(1, min(torch.get_num_threads(), rows // 64 or 1))
+    if nthreads == 1 or _state.get("openmp"):
+        fn(*args, 0, rows, nthreads, _ptr(sums))
+        return
+    bounds = [rows * i // nthreads for i in range(nthreads + 1)]
+    parts = (torch.zeros((nthreads, 2), dtype=torch.float64) if sums is not None else None)
+    futures = [_executor(nthreads).submit(fn, *args, bounds[i], bounds[i + 1], 1,
+                                          None if parts is None else _ptr(parts[i]))
+               for i in range(nthreads)]
+    for f in futures:
+        f.result()
+    if sums is not None:
+        sums += parts.sum(0)
+
+
+def pair_input(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, ph: int, pw: int) -> None:
+    """Write the pixel-pair input covariance Σ⁰[p, p'] = (1/C) Σ_c a_c[p] b_c[p'] of one image
+    pair a, b (C, H, W) into the interior of the zero-padded out (H+2ph, W+2pw, H+2ph, W+2pw)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {_state['error']}")
+    c, h, w = a.shape
+    if b.shape != a.shape or out.shape != (h + 2 * ph, w + 2 * pw, h + 2 * ph, w + 2 * pw):
+        raise ValueError(f"pair_input: shapes {tuple(a.shape)}, {tuple(b.shape)} and "
+                         f"{tuple(out.shape)} do not match")
+    for t in (a, b, out):
+        if t.dtype != out.dtype or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError("native kernel needs contiguous CPU tensors of one dtype")
+    fn = {torch.float32: lib.ntkit_pair_input_f32,
+          torch.float64: lib.ntkit_pair_input_f64}.get(out.dtype)
+    if fn is None:
+        raise ValueError(f"native kernel supports float32/float64, got {out.dtype}")
+    g = (ctypes.c_int64 * 5)(c, h, w, ph, pw)
+    nthreads = max(1, torch.get_num_threads()) if _state.get("openmp") else 1
+    fn(a.data_ptr(), b.data_ptr(), out.data_ptr(), ctypes.addressof(g), nthreads)

@@ -1,0 +1,178 @@
+"""The native C++ layer kernel (ntkit.layers.conv_native) against the same layer written in
+torch ops (conv_fused._step, eager, library arccos), on random zero-padded covariance arrays:
+every regime (pixel pairs; same positions, dense and paired), kernel sizes with a compiled
+stencil (1x1, 3x3, 5x5) and without (3x5), with and without the NTK input/output and a
+trainable layer, float64 and float32. Also: correlations at ±1 and zero variances."""
+import math
+
+import pytest
+import torch
+
+from ntkit.layers import conv_fused, conv_native
+
+pytestmark = pytest.mark.skipif(not conv_native.available(),
+                                reason="native kernel unavailable (no C++ compiler?)")
+
+
+def _padded(shape, ph, pw, full, gen, dtype, lo=-1.0):
+    """Random values in the interior, zeros in the border (as run_fused keeps them)."""
+    x = torch.zeros(conv_fused._padded_shape(shape, ph, pw, full), dtype=dtype)
+    h, w = shape[-2], shape[-1]
+    inner = torch.rand(shape, generator=gen, dtype=torch.float64) * (1 - lo) + lo
+    conv_fused._window(x, ph, pw, h, w, full).copy_(inner.to(dtype))
+    return x
+
+
+def _run_both(regime, kh, kw, has_t, writes_t, trains, dtype, seed=0, v_zero=False):
+    gen = torch.Generator().manual_seed(seed)
+    h, w = 5, 6
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    full = regime == conv_native.REGIME_FULL
+    if full:
+        a, b = 2, 0
+        shape = (a, h, w, h, w)
+    elif regime == conv_native.REGIME_DIAG_DENSE:
+        a, b = 3, 2
+        shape = (a, b, h, w)
+    else:
+        a, b = 4, 0
+        shape = (a, h, w)
+    ps = _padded(shape, ph, pw, full, gen, dtype)
+    pt = _padded(shape, ph, pw, full, gen, dtype, lo=0.0) if has_t else None
+    v1 = torch.rand((a, h, w), generator=gen, dtype=torch.float64).to(dtype) + 0.5
+    v2 = (torch.rand((b if b else a, h, w), generator=gen, dtype=torch.float64).to(dtype) + 0.5)
+    if v_zero:
+        v1[0, 0, 0] = 0.0
+    r1, g1 = conv_fused._rg(v1)
+    r2, g2 = conv_fused._rg(v2)
+    w2, b2, a_, b_ = 1.7, 0.04, -0.2, 0.9
+    half_sum, diff2 = (a_ * a_ + b_ * b_) / 2, (a_ - b_) ** 2
+    # torch reference: broadcast views as run_fused builds them
+    if full:
+        R1, G1 = r1[:, :, :, None, None], g1[:, :, :, None, None]
+        R2, G2 = r2[:, None, None], g2[:, None, None]
+    elif regime == conv_native.REGIME_DIAG_DENSE:
+        R1, G1, R2, G2 = r1[:, None], g1[:, None], r2[None], g2[None]
+    else:
+        R1, G1, R2, G2 = r1, g1, r2, g2
+    ref_s = torch.zeros_like(ps)
+    ref_t = torch.zeros_like(ps) if writes_t else None
+    cfg = (kh, kw, w2, b2, trains, half_sum, diff2, full)
+    conv_fused._step(ps, pt, ref_s, ref_t, R1, R2, G1, G2, cfg, False)
+    out_s = torch.zeros_like(ps)
+    out_t = torch.zeros_like(ps) if writes_t else None
+    geom = (regime, a, b, h, w, kh, kw)
+    consts = (w2 / (kh * kw), b2, half_sum, diff2 / (2 * math.pi),
+              4 * torch.finfo(dtype).eps, float(trains))
+    conv_native.conv_relu_step(ps, pt, out_s, out_t, r1, r2, g1, g2, geom, consts)
+    return ref_s, ref_t, out_s, out_t
+
+
+REGIMES = [conv_native.REGIME_FULL, conv_native.REGIME_DIAG_DENSE,
+           conv_native.REGIME_DIAG_PAIRED]
+NTK_FLAGS = [(False, False, False), (False, True, True), (True, True, False),
+             (True, True, True)]
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("ksize", [(1, 1), (3, 3), (5, 5), (3, 5)])
+@pytest.mark.parametrize("flags", NTK_FLAGS, ids=["nngp", "first-trainable", "frozen", "train"])
+def test_native_step_matches_torch_float64(regime, ksize, flags):
+    ref_s, ref_t, out_s, out_t = _run_both(regime, *ksize, *flags, torch.float64)
+    torch.testing.assert_close(out_s, ref_s, rtol=1e-13, atol=1e-14)
+    if ref_t is not None:
+        torch.testing.assert_close(out_t, ref_t, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_native_step_float32(regime):
+    """float32 evaluates arccos with a degree-5 polynomial (error 4.6e-9): float32 rounding."""
+    ref_s, ref_t, out_s, out_t = _run_both(regime, 3, 3, True, True, True, torch.float32)
+    ref64 = _run_both(regime, 3, 3, True, True, True, torch.float64)
+    torch.testing.assert_close(out_s.double(), ref64[0], rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(out_t.double(), ref64[1], rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(out_s, ref_s, rtol=2e-5, atol=2e-6)
+
+
+def test_native_step_zero_variance_and_threads():
+    """A zero per-position variance (r = 0: correlation 0) and 1 vs 2 threads: same values."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run_both(conv_native.REGIME_FULL, 3, 3, True, True, True, torch.float64,
+                        v_zero=True)
+        torch.set_num_threads(2)
+        two = _run_both(conv_native.REGIME_FULL, 3, 3, True, True, True, torch.float64,
+                        v_zero=True)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(one[2], one[0], rtol=1e-13, atol=1e-14)
+    assert torch.equal(one[2], two[2]) and torch.equal(one[3], two[3])
+
+
+def test_native_step_saturated_correlations():
+    """Σ̃ = v exactly (ρ = 1) and Σ̃ = -v (ρ = -1): θ = 0 and π in closed form."""
+    h = w = 3
+    dtype = torch.float64
+    v = torch.full((1, h, w), 2.0, dtype=dtype)
+    r, g = conv_fused._rg(v)
+    for sign in (1.0, -1.0):
+        ps = torch.zeros((1, h, w), dtype=dtype)
+        ps[:] = sign * 2.0  # 1x1 kernel, W_std² = 1: Σ̃ = ±2 = ±v
+        out = torch.zeros_like(ps)
+        out_t = torch.zeros_like(ps)
+        consts = (1.0, 0.0, 0.5, 1.0 / (2 * math.pi), 4 * torch.finfo(dtype).eps, 1.0)
+        conv_native.conv_relu_step(ps, None, out, out_t, r, r, g, g,
+                                   (conv_native.REGIME_DIAG_PAIRED, 1, 0, h, w, 1, 1), consts)
+        theta = 0.0 if sign > 0 else math.pi
+        # ReLU: Σ' = Σ̃/2 + v (sin θ - θ cos θ)/(2π); Θ' = Σ̃ (1/2 - θ/(2π))
+        exp_s = sign * 1.0 + 2.0 * (0.0 - theta * sign) / (2 * math.pi)
+        exp_t = sign * 2.0 * (0.5 - theta / (2 * math.pi))
+        torch.testing.assert_close(out, torch.full_like(out, exp_s), rtol=0, atol=1e-15)
+        torch.testing.assert_close(out_t, torch.full_like(out, exp_t), rtol=0, atol=1e-15)
+
+
+def test_bad_arguments():
+    x = torch.zeros((1, 3, 3), dtype=torch.float64)
+    r = torch.ones((1, 3, 3), dtype=torch.float32)
+    with pytest.raises(ValueError, match="one dtype"):
+        conv_native.conv_relu_step(x, None, x.clone(), None, r, r, r, r,
+                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 1e-15, 0))
+    xi = x.to(torch.int32)
+    with pytest.raises(ValueError, match="float32/float64"):
+        conv_native.conv_relu_step(xi, None, xi.clone(), None, xi, xi, xi, xi,
+                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 1e-15, 0))
+
+
+@pytest.mark.parametrize("flags", NTK_FLAGS, ids=["nngp", "first-trainable", "frozen", "train"])
+def test_native_sums_equal_sum_of_outputs(flags):
+    """Reduce mode (a last layer before GlobalAvgPool2d): the sums it returns equal the sums
+    of the outputs the torch layer writes, in float64."""
+    has_t, writes_t, trains = flags
+    ref_s, ref_t, _, _ = _run_both(conv_native.REGIME_FULL, 3, 3, has_t, writes_t, trains,
+                                   torch.float64, seed=5)
+    gen = torch.Generator().manual_seed(5)  # the same draws as _run_both(seed=5), pair by pair
+    h, w = 5, 6
+    ps = _padded((2, h, w, h, w), 1, 1, True, gen, torch.float64)
+    pt = _padded((2, h, w, h, w), 1, 1, True, gen, torch.float64, lo=0.0) if has_t else None
+    v1 = torch.rand((2, h, w), generator=gen, dtype=torch.float64) + 0.5
+    v2 = torch.rand((2, h, w), generator=gen, dtype=torch.float64) + 0.5
+    r1, g1 = conv_fused._rg(v1)
+    r2, g2 = conv_fused._rg(v2)
+    a_, b_ = -0.2, 0.9
+    consts = (1.7 / 9, 0.04, (a_ * a_ + b_ * b_) / 2, (a_ - b_) ** 2 / (2 * math.pi),
+              4 * torch.finfo(torch.float64).eps, float(trains))
+    for k in range(2):
+        sums = torch.zeros(2, dtype=torch.float64)
+        scratch = torch.zeros_like(ps[k:k + 1])
+        conv_native.conv_relu_step(ps[k:k + 1].contiguous(),
+                                   None if pt is None else pt[k:k + 1].contiguous(), scratch,
+                                   scratch.clone() if writes_t else None, r1[k:k + 1],
+                                   r2[k:k + 1], g1[k:k + 1], g2[k:k + 1],
+                                   (conv_native.REGIME_FULL, 1, 0, h, w, 3, 3), consts, sums)
+        assert torch.count_nonzero(scratch) == 0  # nothing written in reduce mode
+        torch.testing.assert_close(sums[0], ref_s[k].sum(), rtol=1e-13, atol=1e-13)
+        if writes_t:
+            torch.testing.assert_close(sums[1], ref_t[k].sum(), rtol=1e-13, atol=1e-13)
+        else:
+            assert sums[1] == 0
