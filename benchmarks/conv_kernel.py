@@ -14,6 +14,13 @@ zero-padded to (34·34)², i.e. 4·34⁴·itemsize bytes, and does about F flops
 (9+9 adds and 2 multiplies of the stencils, ~45 for the activation with the polynomial arccos);
 with the symmetry of x2=None only n(n+1)/2 pairs are computed. The floor is
 max(bytes / measured copy bandwidth, flops / measured FMA rate) per pair, over entries.
+
+Backends (``--backends``): "native" is the default CPU path (the C++ kernel of
+ntkit.layers.conv_native); "torch" is the same fused pass written in torch ops and compiled by
+torch.compile (the previous default, kept as the fallback where no C++ compiler exists): the
+two side by side give the native kernel's speed-up on the same machine in the same run.
+float32 rows also report the largest relative difference from ntkit's float64 kernel on the
+same images ("max_rel_diff_vs_float64").
 """
 from __future__ import annotations
 
@@ -99,7 +106,16 @@ def machine_rates(dev, dtype):
     return bw, rate
 
 
-def time_ours(depth, gap, n, dev, dtype, size=32):
+def time_ours(depth, gap, n, dev, dtype, size=32, backend="native"):
+    from ntkit.layers import conv_native
+    old = conv_native.set_native(backend == "native")
+    try:
+        return _time_ours(depth, gap, n, dev, dtype, size)
+    finally:
+        conv_native.set_native(old)
+
+
+def _time_ours(depth, gap, n, dev, dtype, size=32):
     a = arch(depth, gap)
     import numpy as np  # the same images as benchmarks/peer/nt_conv_kernel.py (NHWC there)
     xn = np.random.default_rng(0).standard_normal((n, size, size, 3)).astype(str(dtype)[6:])
@@ -126,6 +142,25 @@ def time_peer(depth, gap, n, dtype, size=32):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _row(dev, dt_name, depth, gap, n, sec, peak, budget, item, bw, rate, backend):
+    entries = n * n
+    pairs = n * (n + 1) // 2
+    row = {"device": dev.type, "dtype": dt_name, "depth": depth,
+           "readout": "gap" if gap else "vanilla", "backend": backend, "n": n,
+           "ms_per_entry": 1e3 * sec / entries, "peak_MiB": peak,
+           "under_budget": bool(peak * 2 ** 20 <= budget)}
+    if dev.type == "cpu":
+        row["peak_note"] = ("process peak RSS (includes the interpreter, torch and the "
+                            "inputs), so an upper bound on the kernel's own memory")
+    if gap:
+        bytes_pair = 4 * 34 ** 4 * item * depth
+        flops_pair = FLOPS_PER_ENTRY * 32 ** 4 * depth
+        floor = max(bytes_pair / bw, flops_pair / rate) * pairs / entries
+        row.update({"floor_ms_per_entry": 1e3 * floor, "x_floor": sec / entries / floor,
+                    "bandwidth_GBps": bw / 1e9, "fma_rate_GFLOPs": rate / 1e9})
+    return row
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", default="cpu" + (",cuda" if torch.cuda.is_available() else ""))
@@ -136,6 +171,8 @@ def main(argv=None):
     p.add_argument("--readouts", default="gap,vanilla")
     p.add_argument("--peer", default="auto", help="time neural-tangents (GAP depth 5): auto|no")
     p.add_argument("--budget", type=float, default=float(1 << 30), help="memory budget, bytes")
+    p.add_argument("--backends", default="native,torch",
+                   help="CPU backends of the fused pass: native (C++) and/or torch (compiled)")
     args = p.parse_args(argv)
     from ntkit.layers import conv_state
     conv_state.set_memory_budget(int(args.budget))
@@ -152,42 +189,36 @@ def main(argv=None):
             for depth in [int(d) for d in args.depths.split(",")]:
                 for gap in [r == "gap" for r in args.readouts.split(",")]:
                     n = args.n if gap else args.n_vanilla
-                    sec, peak, k = time_ours(depth, gap, n, dev, dtype)
-                    entries = n * n
-                    pairs = n * (n + 1) // 2
-                    row = {"device": dev_name, "dtype": dt_name, "depth": depth,
-                           "readout": "gap" if gap else "vanilla", "n": n,
-                           "ms_per_entry": 1e3 * sec / entries, "peak_MiB": peak,
-                           "under_budget": bool(peak * 2 ** 20 <= args.budget or dev.type == "cpu")}
-                    if dev.type == "cpu":
-                        row["peak_note"] = "process peak RSS (includes the interpreter and inputs)"
-                    if gap:
-                        bytes_pair = 4 * 34 ** 4 * item * depth
-                        flops_pair = FLOPS_PER_ENTRY * 32 ** 4 * depth
-                        floor = max(bytes_pair / bw, flops_pair / rate) * pairs / entries
-                        row.update({"floor_ms_per_entry": 1e3 * floor,
-                                    "x_floor": sec / entries / floor,
-                                    "bandwidth_GBps": bw / 1e9, "fma_rate_GFLOPs": rate / 1e9})
-                    if gap and depth == 5 and dev.type == "cpu" and args.peer != "no":
+                    backends = args.backends.split(",") if dev.type == "cpu" else ["torch"]
+                    k = None
+                    for backend in backends:
+                        sec, peak, k_b = time_ours(depth, gap, n, dev, dtype, backend=backend)
+                        k = k_b if k is None else k
+                        row = _row(dev, dt_name, depth, gap, n, sec, peak, args.budget, item,
+                                   bw, rate, backend)
+                        if dtype == torch.float32 and backend == backends[0]:
+                            k64 = time_ours(depth, gap, n, dev, torch.float64,
+                                            backend=backend)[2]
+                            row["max_rel_diff_vs_float64"] = float(
+                                ((k_b - k64).abs() / k64.abs()).max())
+                        results["runs"].append(row)
+                        print(json.dumps(row), file=sys.stderr, flush=True)
+                    if depth == 5 and dev.type == "cpu" and args.peer != "no":
                         peer = time_peer(depth, gap, n, dt_name)
-                        if peer and "seconds" in peer:
-                            nt_ms = 1e3 * peer["seconds"] / entries
-                            ntk = torch.tensor(peer["ntk"])
-                            row.update({"nt_ms_per_entry": nt_ms,
-                                        "speedup_vs_nt": nt_ms / row["ms_per_entry"],
-                                        "max_rel_diff_vs_nt": float(((k - ntk).abs() / ntk.abs()).max())})
-                        elif peer:
-                            row["nt_error"] = peer.get("error")
-                    if not gap and depth == 5 and dev.type == "cpu" and args.peer != "no":
-                        peer = time_peer(depth, gap, n, dt_name)
-                        if peer and "seconds" in peer:
-                            nt_ms = 1e3 * peer["seconds"] / entries
-                            ntk = torch.tensor(peer["ntk"])
-                            row.update({"nt_ms_per_entry": nt_ms,
-                                        "speedup_vs_nt": nt_ms / row["ms_per_entry"],
-                                        "max_rel_diff_vs_nt": float(((k - ntk).abs() / ntk.abs()).max())})
-                    results["runs"].append(row)
-                    print(json.dumps(row), file=sys.stderr, flush=True)
+                        for row in results["runs"]:
+                            if (row["device"], row["dtype"], row["depth"], row["readout"]) != (
+                                    dev_name, dt_name, depth, "gap" if gap else "vanilla"):
+                                continue
+                            if peer and "seconds" in peer:
+                                nt_ms = 1e3 * peer["seconds"] / (n * n)
+                                ntk = torch.tensor(peer["ntk"])
+                                row.update({"nt_ms_per_entry": nt_ms,
+                                            "speedup_vs_nt": nt_ms / row["ms_per_entry"],
+                                            "max_rel_diff_vs_nt": float(
+                                                ((k - ntk).abs() / ntk.abs()).max())})
+                            elif peer:
+                                row["nt_error"] = peer.get("error")
+                            print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2))
     return results
 

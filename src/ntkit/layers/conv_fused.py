@@ -25,10 +25,12 @@ Correlations within 4 ulps of ±1 are set to ±1 (rounding alone puts ρ = v·(1
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from typing import Callable, Optional, Tuple
+from contextvars import ContextVar
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 
@@ -169,6 +171,35 @@ def _call(fn, ps, pt, os_, ot, r1, r2, g1, g2, cfg) -> None:
         return _step(ps, pt, os_, ot, r1, r2, g1, g2, cfg)
 
 
+# -- buffer reuse -----------------------------------------------------------------------------
+# The padded ping-pong buffers of run_fused are only ever written in their interiors, so their
+# zero borders survive reuse; within ``reuse_buffers()`` (one kernel computation) successive
+# blocks of pairs share them instead of allocating and zeroing fresh ones (for a few pairs per
+# block that allocation, page faults included, was ~10% of the time).
+_pool: ContextVar[Optional[dict]] = ContextVar("ntkit_conv_buffers", default=None)
+
+
+@contextlib.contextmanager
+def reuse_buffers() -> Iterator[None]:
+    """Share run_fused's padded buffers across the calls made inside the block (freed at exit)."""
+    token = _pool.set({})
+    try:
+        yield
+    finally:
+        _pool.reset(token)
+
+
+def _zero_buffers(like: torch.Tensor, shape, count: int, tag: str):
+    pool = _pool.get()
+    if pool is None:
+        return [like.new_zeros(shape) for _ in range(count)]
+    key = (tag, tuple(shape), like.dtype, like.device)
+    bufs = pool.get(key)
+    if bufs is None:
+        bufs = pool[key] = [like.new_zeros(shape) for _ in range(count)]
+    return list(bufs)
+
+
 # -- detection and driver ---------------------------------------------------------------------
 _fuse = [True]
 
@@ -288,8 +319,8 @@ def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
     else:
         m = mb = None  # the diagonal regime runs the whole block at once
     shape = _padded_shape(cov.shape if not full else (mb,) + tuple(cov.shape[1:]), ph, pw, full)
-    buf_s = [cov.new_zeros(shape), cov.new_zeros(shape)]
-    buf_t = [cov.new_zeros(shape), cov.new_zeros(shape)] if any_t else None
+    buf_s = _zero_buffers(cov, shape, 2, "s")
+    buf_t = _zero_buffers(cov, shape, 2, "t") if any_t else None
     out_shape = (cov.shape[0],) if gap else cov.shape
     out_cov = cov.new_empty(out_shape) if full else None
     out_ntk = (cov.new_empty(out_shape) if any_t else None) if full else None
@@ -371,6 +402,9 @@ def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
     if not full:
         out_cov = _window(buf_s[0], ph, pw, h, w, False)
         out_ntk = _window(buf_t[0], ph, pw, h, w, False) if any_t else None
+        if _pool.get() is not None:  # the buffers are reused by the next block
+            out_cov = out_cov.clone()
+            out_ntk = out_ntk.clone() if out_ntk is not None else None
     if gap:  # GlobalAvgPool2d.apply on the pooled values
         return state.replace(cov=out_cov, ntk=out_ntk, var1=None, var2=None, dist=None,
                              width=pairs[-2].out_channels, spatial="none", is_input=False,

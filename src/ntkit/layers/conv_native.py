@@ -5,15 +5,15 @@ the interior of the next zero-padded buffer) is written once in C++
 (``native/fused_conv_relu.cpp``), compiled with the machine's C++ compiler (``$CXX`` or
 ``c++``, ``-O3 -march=native``) into a shared library that is cached under
 ``$NTKIT_CACHE_DIR`` (default ``~/.cache/ntkit``) and keyed by a hash of the source, the flags
-and the compiler, then called through ``ctypes``. Every output row is a contiguous run of W
-entries, so the compiler vectorizes it; one pass per layer reads each input entry from cache
-and writes each output once, which is what brings a layer close to the memory floor.
+and the compiler, then called through ``ctypes``. The work is split into planes (the last two
+padded axes of one leading index), each walked as one flat vectorized run; one pass per layer
+reads each input entry from cache and writes each output once, which is what brings a layer
+close to the memory floor.
 
-Threads: the rows are split over ``torch.get_num_threads()`` OpenMP threads. The library is
+Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads. The library is
 linked with ``-fopenmp`` and loaded after torch, so it binds to the OpenMP runtime torch
-already loaded and both share one thread pool (two pools on the same cores spin against each
-other: measured 1.5x slower). If the compiler has no OpenMP, a serial build is used and the
-rows are split across a Python thread pool (``ctypes`` releases the GIL). When no compiler is available, the build fails,
+already loaded and both share one thread pool (a second pool on the same cores spins against
+torch's: measured 1.5x slower). If the compiler has no OpenMP, a serial build is used. When no compiler is available, the build fails,
 ``NTKIT_NATIVE=0`` is set, or ``set_native(False)`` was called, ``available()`` is False and
 the callers use the torch implementation instead (``torch.compile`` or eager), with the same
 results to rounding.
@@ -29,7 +29,6 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -38,14 +37,13 @@ import torch
 _SOURCE = Path(__file__).with_name("native") / "fused_conv_relu.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
           "-std=c++17", "-fPIC", "-shared"]
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 # regimes of the C++ kernel (see its header comment)
 REGIME_DIAG_DENSE, REGIME_DIAG_PAIRED, REGIME_FULL = 0, 1, 2
 
 _lock = threading.Lock()
 _state = {"lib": None, "tried": False, "error": None}
 _enabled = [os.environ.get("NTKIT_NATIVE", "1").lower() not in ("0", "off", "false", "no")]
-_pool: dict = {}
 
 
 def set_native(enabled: bool) -> bool:
@@ -117,11 +115,10 @@ def _load():
             lib = ctypes.CDLL(str(path))
             if lib.ntkit_abi_version() != _ABI_VERSION:
                 raise RuntimeError("stale library (ABI version mismatch)")
-            for name in ("ntkit_conv_relu_rows_f32", "ntkit_conv_relu_rows_f64"):
+            for name in ("ntkit_conv_relu_f32", "ntkit_conv_relu_f64"):
                 fn = getattr(lib, name)
                 fn.restype = None
-                fn.argtypes = ([ctypes.c_void_p] * 10 + [ctypes.c_int64, ctypes.c_int64]
-                               + [ctypes.c_int, ctypes.c_void_p])
+                fn.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int, ctypes.c_void_p]
             for name in ("ntkit_pair_input_f32", "ntkit_pair_input_f64"):
                 fn = getattr(lib, name)
                 fn.restype = None
@@ -149,11 +146,8 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def _executor(n: int) -> ThreadPoolExecutor:
-    ex = _pool.get(n)
-    if ex is None:
-        ex = _pool[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ntkit-native")
-    return ex
+def _threads() -> int:
+    return max(1, torch.get_num_threads()) if _state.get("openmp") else 1
 
 
 def conv_relu_step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tensor,
@@ -177,32 +171,18 @@ def conv_relu_step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tens
         if t is not None and (t.dtype != dtype or t.device.type != "cpu"
                               or not t.is_contiguous()):
             raise ValueError("native kernel needs contiguous CPU tensors of one dtype")
-    fn = {torch.float32: lib.ntkit_conv_relu_rows_f32,
-          torch.float64: lib.ntkit_conv_relu_rows_f64}.get(dtype)
+    fn = {torch.float32: lib.ntkit_conv_relu_f32,
+          torch.float64: lib.ntkit_conv_relu_f64}.get(dtype)
     if fn is None:
         raise ValueError(f"native kernel supports float32/float64, got {dtype}")
-    regime, A, B, H, W = geom[:5]
+    regime = geom[0]
     if sums is not None and (regime != REGIME_FULL or sums.dtype != torch.float64
                              or sums.numel() != 2 or not sums.is_contiguous()):
         raise ValueError("sums: a contiguous float64 tensor of 2, pixel-pair regime only")
-    rows = {REGIME_FULL: A * H * W * H, REGIME_DIAG_DENSE: A * B * H,
-            REGIME_DIAG_PAIRED: A * H}[regime]
     g = (ctypes.c_int64 * 7)(*[int(v) for v in geom])
     c = (ctypes.c_double * 6)(*[float(v) for v in consts])
-    args = [_ptr(t) for t in tensors] + [ctypes.addressof(g), ctypes.addressof(c)]
-    nthreads = max(1, min(torch.get_num_threads(), rows // 64 or 1))
-    if nthreads == 1 or _state.get("openmp"):
-        fn(*args, 0, rows, nthreads, _ptr(sums))
-        return
-    bounds = [rows * i // nthreads for i in range(nthreads + 1)]
-    parts = (torch.zeros((nthreads, 2), dtype=torch.float64) if sums is not None else None)
-    futures = [_executor(nthreads).submit(fn, *args, bounds[i], bounds[i + 1], 1,
-                                          None if parts is None else _ptr(parts[i]))
-               for i in range(nthreads)]
-    for f in futures:
-        f.result()
-    if sums is not None:
-        sums += parts.sum(0)
+    fn(*[_ptr(t) for t in tensors], ctypes.addressof(g), ctypes.addressof(c), _threads(),
+       _ptr(sums))
 
 
 def pair_input(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, ph: int, pw: int) -> None:
@@ -223,5 +203,4 @@ def pair_input(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, ph: int, pw:
     if fn is None:
         raise ValueError(f"native kernel supports float32/float64, got {out.dtype}")
     g = (ctypes.c_int64 * 5)(c, h, w, ph, pw)
-    nthreads = max(1, torch.get_num_threads()) if _state.get("openmp") else 1
-    fn(a.data_ptr(), b.data_ptr(), out.data_ptr(), ctypes.addressof(g), nthreads)
+    fn(a.data_ptr(), b.data_ptr(), out.data_ptr(), ctypes.addressof(g), _threads())

@@ -157,9 +157,11 @@ def spatial_kernel(seq, t1: torch.Tensor, t2: Optional[torch.Tensor], want_ntk: 
     pool_at = [k for k, l in enumerate(layers[:r + 1]) if isinstance(l, (AvgPool2d, GlobalAvgPool2d))]
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not pool_at:
-        return _diag_kernel(layers, t1, t2, want_ntk, batch_size)
-    return _full_kernel(layers, pool_at, t1, t2, want_ntk, batch_size)
+    from .conv_fused import reuse_buffers
+    with reuse_buffers():
+        if not pool_at:
+            return _diag_kernel(layers, t1, t2, want_ntk, batch_size)
+        return _full_kernel(layers, pool_at, t1, t2, want_ntk, batch_size)
 
 
 def _run(layers, state: KernelState, hook=None) -> KernelState:

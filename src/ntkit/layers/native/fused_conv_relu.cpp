@@ -7,18 +7,19 @@
 //   S' = hs S~ + c (sqrt(1 - rho^2) - theta rho) g1 g2      (g = sqrt(per-position variance))
 //   T' = T~ (hs - c theta)                                  (hs = (a^2+b^2)/2, c = (a-b)^2/(2 pi))
 //
-// The arrays keep a zero border of (kh-1)/2 x (kw-1)/2 on every spatial axis, so the "same"
-// zero padding needs no masks; only interiors are written. Work is split into "rows", each a
-// contiguous run of W outputs along the last axis:
-//   regime 2 (pixel pairs, "full"):  arrays (m, Hp, Wp, Hp, Wp); row (k, i1, j1, i2);
-//                                    r1, g1 (m, H, W) at (k, i1, j1); r2, g2 at (k, i2, :)
-//   regime 0 (same positions, dense):  arrays (n1, n2, Hp, Wp); row (p1, p2, i);
-//                                      r1, g1 (n1, H, W) at (p1, i, :); r2, g2 (n2, H, W)
-//   regime 1 (same positions, paired): arrays (m, Hp, Wp); row (k, i); r1, r2 (m, H, W)
-// Rows [row_begin, row_end) are computed, so that callers can split the work across threads.
-// arccos: asin(y)/y = P(y^2) on [0, 1/2] (degree 12, fitted in 50-digit arithmetic), with
-// acos x = pi/2 - asin x for |x| <= 1/2 and 2 asin(sqrt((1-|x|)/2)) above: branch-free, so
-// that the compiler vectorizes the row loop.
+// The arrays keep a zero border of ph = (kh-1)/2, pw = (kw-1)/2 on every spatial axis, so the
+// "same" zero padding needs no masks in the stencil. The work is split into planes, each the
+// last two (padded) axes (H, Wp) of one leading index, walked as ONE flat run of
+// L = (H-1) Wp + W entries: the entries that fall on padding columns are computed too and
+// written as zeros (a 0/1 mask), which keeps the borders zero and lets the compiler vectorize
+// one long loop per plane.
+//   regime 2 (pixel pairs, "full"):    arrays (m, Hp, Wp, Hp, Wp); plane (k, i1, j1);
+//                                      r1, g1 (m, H, W) at (k, i1, j1); r2, g2 at (k, :, :)
+//   regime 0 (same positions, dense):  arrays (n1, n2, Hp, Wp); plane (p1, p2);
+//                                      r1, g1 (n1, H, W) at p1; r2, g2 (n2, H, W) at p2
+//   regime 1 (same positions, paired): arrays (m, Hp, Wp); plane k; r1, r2 (m, H, W) at k
+// arccos: asin(y)/y = P(y^2) on [0, 1/2], with acos x = pi/2 - asin x for |x| <= 1/2 and
+// 2 asin(sqrt((1-|x|)/2)) above, branch-free.
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -38,8 +39,7 @@ const double kAsin12[13] = {1.0, 0.1666666666666484, 0.07500000000404858, 0.0446
 const double kAsin5[6] = {0.9999999957384342, 0.16666787011719464, 0.07494534269355964,
                           0.045539009713168196, 0.02390936359009257, 0.04255359910635753};
 
-// P(z) by Estrin's scheme (short dependency chains, so that vector lanes keep the FMA units
-// busy).
+// P(z) by Estrin's scheme (short dependency chains keep the FMA units busy)
 inline double asin_over_y(double z) {
   const double* c = kAsin12;
   const double z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
@@ -59,22 +59,29 @@ inline float asin_over_y(float z) {
 // dst[j] += src[j]; a separate function so that the compiler vectorizes along j (inlined into
 // the window loop it would vectorize across windows, with gathers)
 template <class T>
-__attribute__((noinline)) void add_row(T* __restrict dst, const T* __restrict src, int64_t W) {
-  for (int64_t j = 0; j < W; ++j) dst[j] += src[j];
+__attribute__((noinline)) void add_row(T* __restrict dst, const T* __restrict src, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
 }
 
 struct Consts {
   double scale, b2, hs, c, eps4;
 };
 
-template <class T, int NW, bool HAS_T_IN, bool WRITES_T, bool TRAINS>
-inline void row(const T* __restrict s_in, const T* __restrict t_in, T* __restrict s_out,
-                T* __restrict t_out, const int64_t* offs, int nw, const T* __restrict rr,
-                const T* __restrict gg, int64_t W, const Consts& k, T* __restrict s,
-                T* __restrict t) {
-  const T scale = T(k.scale), b2 = T(k.b2), hs = T(k.hs), c = T(k.c);
-  const T one_m = T(1) - T(k.eps4);
-  const T half_pi = T(1.5707963267948966);
+// Per-plane factors: rr = ra * rb[idx], gg = ga * gb[idx] (full regime: ra, ga scalars, i.e.
+// a_step = 0), rb/gb padded to (H, Wp) with zeros on the padding columns.
+template <class T>
+struct Factors {
+  const T* ra;
+  const T* ga;
+  const T* rb;
+  const T* gb;
+};
+
+template <class T, int NW, bool HAS_T_IN, bool WRITES_T, bool TRAINS, bool VEC_A>
+inline void plane(const T* __restrict s_in, const T* __restrict t_in, T* __restrict s_out,
+                  T* __restrict t_out, const int64_t* offs, int nw, const Factors<T>& f,
+                  const T* __restrict mask, int64_t L, const Consts& k, T* __restrict s,
+                  T* __restrict t) {
   // NW > 0: the window count is known at compile time (1x1, 3x3, 5x5 kernels) and the
   // stencil is summed in the main loop; NW == 0: any other size, summed into s/t first
   constexpr int NP = NW > 0 ? NW : 1;
@@ -86,15 +93,23 @@ inline void row(const T* __restrict s_in, const T* __restrict t_in, T* __restric
       pt[w] = HAS_T_IN ? t_in + offs[w] : s_in;
     }
   } else {
-    for (int64_t j = 0; j < W; ++j) s[j] = T(0);
-    for (int w = 0; w < nw; ++w) add_row(s, s_in + offs[w], W);
+    for (int64_t j = 0; j < L; ++j) s[j] = T(0);
+    for (int w = 0; w < nw; ++w) add_row(s, s_in + offs[w], L);
     if (HAS_T_IN) {
-      for (int64_t j = 0; j < W; ++j) t[j] = T(0);
-      for (int w = 0; w < nw; ++w) add_row(t, t_in + offs[w], W);
+      for (int64_t j = 0; j < L; ++j) t[j] = T(0);
+      for (int w = 0; w < nw; ++w) add_row(t, t_in + offs[w], L);
     }
   }
+  const T scale = T(k.scale), b2 = T(k.b2), hs = T(k.hs), c = T(k.c);
+  const T one_m = T(1) - T(k.eps4);
+  const T half_pi = T(1.5707963267948966);
+  const T* __restrict ra = f.ra;
+  const T* __restrict ga = f.ga;
+  const T* __restrict rb = f.rb;
+  const T* __restrict gb = f.gb;
+  const T ra0 = ra[0], ga0 = ga[0];
 #pragma omp simd
-  for (int64_t j = 0; j < W; ++j) {
+  for (int64_t j = 0; j < L; ++j) {
     T acc = T(0), tacc = T(0);
     if (NW > 0) {
 #pragma GCC unroll 32
@@ -107,8 +122,11 @@ inline void row(const T* __restrict s_in, const T* __restrict t_in, T* __restric
       acc = s[j];
       tacc = HAS_T_IN ? t[j] : T(0);
     }
-    const T sp = acc * scale + b2;
-    T rho = sp * rr[j];
+    const T mk = mask[j];
+    const T sp = (acc * scale + b2) * mk;
+    const T rr = (VEC_A ? ra[j] : ra0) * rb[j];
+    const T gg = (VEC_A ? ga[j] : ga0) * gb[j];
+    T rho = sp * rr;
     rho = rho > T(1) ? T(1) : rho;
     rho = rho < T(-1) ? T(-1) : rho;
     rho = std::fabs(rho) > one_m ? std::copysign(T(1), rho) : rho;
@@ -122,89 +140,180 @@ inline void row(const T* __restrict s_in, const T* __restrict t_in, T* __restric
     T om = T(1) - rho * rho;
     om = om > T(0) ? om : T(0);
     const T sn = std::sqrt(om);
-    s_out[j] = sp * hs + (sn - th * rho) * gg[j] * c;
+    s_out[j] = sp * hs + (sn - th * rho) * gg * c;
     if (WRITES_T) {
-      T tp = HAS_T_IN ? tacc * scale : T(0);
+      T tp = HAS_T_IN ? tacc * scale * mk : T(0);
       if (TRAINS) tp += sp;
       t_out[j] = tp * (hs - th * c);
     }
   }
 }
 
-#define ROW_CALL(...)                                                            \
-  switch (kh * kw) {                                                             \
-    case 1: row<T, 1, HAS_T_IN, WRITES_T, TRAINS>(__VA_ARGS__); break;           \
-    case 9: row<T, 9, HAS_T_IN, WRITES_T, TRAINS>(__VA_ARGS__); break;           \
-    case 25: row<T, 25, HAS_T_IN, WRITES_T, TRAINS>(__VA_ARGS__); break;         \
-    default: row<T, 0, HAS_T_IN, WRITES_T, TRAINS>(__VA_ARGS__); break;          \
+// rows (H, W) of src -> (H, Wp) of dst with zeros in columns W..Wp-1
+template <class T>
+void pad_rows(const T* src, T* dst, int64_t H, int64_t W, int64_t Wp) {
+  for (int64_t i = 0; i < H; ++i)
+    for (int64_t j = 0; j < Wp; ++j) dst[i * Wp + j] = j < W ? src[i * W + j] : T(0);
+}
+
+struct Geom {
+  int64_t regime, A, B, H, W, kh, kw, ph, pw, Hp, Wp, L;
+  int64_t planes() const { return regime == 2 ? A * H * W : (regime == 0 ? A * B : A); }
+};
+
+Geom make_geom(const int64_t* g) {
+  Geom q;
+  q.regime = g[0];
+  q.A = g[1];
+  q.B = g[2];
+  q.H = g[3];
+  q.W = g[4];
+  q.kh = g[5];
+  q.kw = g[6];
+  q.ph = (q.kh - 1) / 2;
+  q.pw = (q.kw - 1) / 2;
+  q.Hp = q.H + 2 * q.ph;
+  q.Wp = q.W + 2 * q.pw;
+  q.L = (q.H - 1) * q.Wp + q.W;
+  return q;
+}
+
+#define NTKIT_PLANE(VEC_A_, ...)                                                       \
+  switch (nw) {                                                                        \
+    case 1: plane<T, 1, HAS_T_IN, WRITES_T, TRAINS, VEC_A_>(__VA_ARGS__); break;       \
+    case 9: plane<T, 9, HAS_T_IN, WRITES_T, TRAINS, VEC_A_>(__VA_ARGS__); break;       \
+    case 25: plane<T, 25, HAS_T_IN, WRITES_T, TRAINS, VEC_A_>(__VA_ARGS__); break;     \
+    default: plane<T, 0, HAS_T_IN, WRITES_T, TRAINS, VEC_A_>(__VA_ARGS__); break;      \
   }
 
+// planes [p0, p1) of the layer. rp1/gp1/rp2/gp2: r and g padded to (H, Wp) per leading index
+// (rp1/gp1 unused in the full regime). acc: nullptr, or {sum S', sum T'} accumulators
+// (reduce mode: outputs go to scratch and only their sums are kept).
 template <class T, bool HAS_T_IN, bool WRITES_T, bool TRAINS>
-void rows(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* r2,
-          const T* g1, const T* g2, const int64_t* geom, const Consts& k, int64_t r0,
-          int64_t r1_end, double* acc) {
-  const int64_t regime = geom[0], A = geom[1], B = geom[2], H = geom[3], W = geom[4],
-                kh = geom[5], kw = geom[6];
-  const int64_t ph = (kh - 1) / 2, pw = (kw - 1) / 2, Hp = H + 2 * ph, Wp = W + 2 * pw;
-  std::vector<T> buf(6 * W);
-  T *s = buf.data(), *t = s + W, *rr = t + W, *gg = rr + W, *red_s = gg + W, *red_t = red_s + W;
-  std::vector<int64_t> offs(kh * kw);
-  if (regime == 2) {
-    const int64_t st_i2 = Wp, st_j1 = Hp * Wp, st_i1 = Wp * Hp * Wp, st_k = Hp * st_i1;
-    for (int64_t a = 0; a < kh; ++a)
-      for (int64_t b = 0; b < kw; ++b) offs[a * kw + b] = a * (st_i1 + st_i2) + b * (st_j1 + 1);
-    const int64_t out_shift = ph * (st_i1 + st_i2) + pw * (st_j1 + 1);
-    for (int64_t r = r0; r < r1_end; ++r) {
-      const int64_t i2 = r % H, j1 = (r / H) % W, i1 = (r / (H * W)) % H, kk = r / (H * W * H);
-      const int64_t base = kk * st_k + i1 * st_i1 + j1 * st_j1 + i2 * st_i2;
-      const int64_t v1 = (kk * H + i1) * W + j1, v2 = (kk * H + i2) * W;
-      const T ra = r1[v1], ga = g1[v1];
-      for (int64_t j = 0; j < W; ++j) {
-        rr[j] = ra * r2[v2 + j];
-        gg[j] = ga * g2[v2 + j];
-      }
-      if (acc) {  // reduce: rows go to scratch, only their sums are kept
-        ROW_CALL(s_in + base, t_in ? t_in + base : nullptr, red_s, WRITES_T ? red_t : nullptr,
-                 offs.data(), int(kh * kw), rr, gg, W, k, s, t);
-        T ss = T(0), ts = T(0);
-        for (int64_t j = 0; j < W; ++j) ss += red_s[j];
-        acc[0] += double(ss);
+void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* g1,
+            const T* rp1, const T* gp1, const T* rp2, const T* gp2, const T* mask,
+            const Geom& q, const Consts& k, int64_t p0, int64_t p1, double* acc) {
+  const int nw = int(q.kh * q.kw);
+  const int64_t L = q.L, HWp = q.H * q.Wp;
+  std::vector<T> buf(4 * L);
+  T *s = buf.data(), *t = s + L, *red_s = t + L, *red_t = red_s + L;
+  std::vector<int64_t> offs(nw);
+  if (q.regime == 2) {
+    const int64_t st_i2 = q.Wp, st_j1 = q.Hp * q.Wp, st_i1 = q.Wp * q.Hp * q.Wp,
+                  st_k = q.Hp * st_i1;
+    for (int64_t a = 0; a < q.kh; ++a)
+      for (int64_t b = 0; b < q.kw; ++b)
+        offs[a * q.kw + b] = a * (st_i1 + st_i2) + b * (st_j1 + 1);
+    const int64_t out_shift = q.ph * (st_i1 + st_i2) + q.pw * (st_j1 + 1);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t j1 = p % q.W, i1 = (p / q.W) % q.H, kk = p / (q.W * q.H);
+      const int64_t base = kk * st_k + i1 * st_i1 + j1 * st_j1;
+      const int64_t v1 = (kk * q.H + i1) * q.W + j1;
+      const Factors<T> f{r1 + v1, g1 + v1, rp2 + kk * HWp, gp2 + kk * HWp};
+      T* so = acc ? red_s : s_out + base + out_shift;
+      T* to = acc ? (WRITES_T ? red_t : nullptr) : (t_out ? t_out + base + out_shift : nullptr);
+      NTKIT_PLANE(false, s_in + base, t_in ? t_in + base : nullptr, so, to, offs.data(), nw, f,
+                  mask, L, k, s, t);
+      if (acc) {
+        double ss = 0.0, ts = 0.0;
+        for (int64_t j = 0; j < L; ++j) ss += double(red_s[j]);
+        acc[0] += ss;
         if (WRITES_T) {
-          for (int64_t j = 0; j < W; ++j) ts += red_t[j];
-          acc[1] += double(ts);
+          for (int64_t j = 0; j < L; ++j) ts += double(red_t[j]);
+          acc[1] += ts;
         }
-        continue;
       }
-      ROW_CALL(s_in + base, t_in ? t_in + base : nullptr,
-                                         s_out + base + out_shift,
-                                         t_out ? t_out + base + out_shift : nullptr,
-                                         offs.data(), int(kh * kw), rr, gg, W, k, s, t);
     }
   } else {
-    for (int64_t a = 0; a < kh; ++a)
-      for (int64_t b = 0; b < kw; ++b) offs[a * kw + b] = a * Wp + b;
-    const int64_t out_shift = ph * Wp + pw;
-    for (int64_t r = r0; r < r1_end; ++r) {
-      const int64_t i = r % H, pair = r / H;  // pair: p1 * n2 + p2 (dense) or k (paired)
-      const int64_t base = (pair * Hp + i) * Wp;
-      int64_t v1, v2;
-      if (regime == 0) {
-        v1 = ((pair / B) * H + i) * W;
-        v2 = ((pair % B) * H + i) * W;
-      } else {
-        v1 = v2 = (pair * H + i) * W;
-      }
-      for (int64_t j = 0; j < W; ++j) {
-        rr[j] = r1[v1 + j] * r2[v2 + j];
-        gg[j] = g1[v1 + j] * g2[v2 + j];
-      }
-      ROW_CALL(s_in + base, t_in ? t_in + base : nullptr,
-                                         s_out + base + out_shift,
-                                         t_out ? t_out + base + out_shift : nullptr,
-                                         offs.data(), int(kh * kw), rr, gg, W, k, s, t);
+    for (int64_t a = 0; a < q.kh; ++a)
+      for (int64_t b = 0; b < q.kw; ++b) offs[a * q.kw + b] = a * q.Wp + b;
+    const int64_t out_shift = q.ph * q.Wp + q.pw;
+    for (int64_t p = p0; p < p1; ++p) {  // p: p1 * n2 + p2 (dense) or k (paired)
+      const int64_t base = p * q.Hp * q.Wp;
+      const int64_t ia = q.regime == 0 ? p / q.B : p, ib = q.regime == 0 ? p % q.B : p;
+      const Factors<T> f{rp1 + ia * HWp, gp1 + ia * HWp, rp2 + ib * HWp, gp2 + ib * HWp};
+      NTKIT_PLANE(true, s_in + base, t_in ? t_in + base : nullptr, s_out + base + out_shift,
+                  t_out ? t_out + base + out_shift : nullptr, offs.data(), nw, f, mask, L, k,
+                  s, t);
     }
   }
-  (void)A;
+}
+#undef NTKIT_PLANE
+
+template <class T>
+void dispatch(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* g1,
+              const T* rp1, const T* gp1, const T* rp2, const T* gp2, const T* mask,
+              const Geom& q, const Consts& k, bool trains, int64_t p0, int64_t p1,
+              double* acc) {
+  const bool has_t = t_in != nullptr, writes_t = t_out != nullptr;
+#define NTKIT_CALL(H_, W_, TR_) \
+  planes<T, H_, W_, TR_>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, p0, p1, acc)
+  if (!writes_t) NTKIT_CALL(false, false, false);
+  else if (!has_t) { if (trains) NTKIT_CALL(false, true, true); else NTKIT_CALL(false, true, false); }
+  else { if (trains) NTKIT_CALL(true, true, true); else NTKIT_CALL(true, true, false); }
+#undef NTKIT_CALL
+}
+
+// One layer over all planes, split over nthreads OpenMP threads. Loaded after torch, the
+// library binds to the OpenMP runtime torch already loaded (same soname), so both share one
+// thread pool instead of two pools competing for the cores. sums: nullptr, or (regime 2) the
+// {sum of S', sum of T'} over the layer's outputs, added to sums[0..1] instead of writing them
+// (a last layer before GlobalAvgPool2d).
+template <class T>
+void layer(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* r2,
+           const T* g1, const T* g2, const int64_t* geom, const double* consts, int nthreads,
+           double* sums) {
+  const Geom q = make_geom(geom);
+  const Consts k{consts[0], consts[1], consts[2], consts[3], consts[4]};
+  const bool trains = consts[5] != 0.0;
+  const int64_t HW = q.H * q.W, HWp = q.H * q.Wp;
+  const int64_t n1 = q.A, n2 = q.regime == 0 ? q.B : q.A;
+  // padded factors and the padding-column mask
+  std::vector<T> fac(2 * (q.regime == 2 ? 0 : n1) * HWp + 2 * n2 * HWp + HWp);
+  T* rp1 = fac.data();
+  T* gp1 = rp1 + (q.regime == 2 ? 0 : n1) * HWp;
+  T* rp2 = gp1 + (q.regime == 2 ? 0 : n1) * HWp;
+  T* gp2 = rp2 + n2 * HWp;
+  T* mask = gp2 + n2 * HWp;
+  if (q.regime != 2)
+    for (int64_t i = 0; i < n1; ++i) {
+      pad_rows(r1 + i * HW, rp1 + i * HWp, q.H, q.W, q.Wp);
+      pad_rows(g1 + i * HW, gp1 + i * HWp, q.H, q.W, q.Wp);
+    }
+  for (int64_t i = 0; i < n2; ++i) {
+    pad_rows(r2 + i * HW, rp2 + i * HWp, q.H, q.W, q.Wp);
+    pad_rows(g2 + i * HW, gp2 + i * HWp, q.H, q.W, q.Wp);
+  }
+  for (int64_t j = 0; j < HWp; ++j) mask[j] = (j % q.Wp) < q.W ? T(1) : T(0);
+  const int64_t n = q.planes();
+  double* red = (q.regime == 2) ? sums : nullptr;
+#ifdef _OPENMP
+  if (nthreads > 1 && n > 1) {
+#pragma omp parallel num_threads(nthreads)
+    {
+      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+      double acc[2] = {0.0, 0.0};
+      dispatch<T>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, trains,
+                  n * id / nt, n * (id + 1) / nt, red ? acc : nullptr);
+      if (red) {
+#pragma omp critical(ntkit_sums)
+        {
+          red[0] += acc[0];
+          red[1] += acc[1];
+        }
+      }
+    }
+    return;
+  }
+#endif
+  (void)nthreads;
+  double acc[2] = {0.0, 0.0};
+  dispatch<T>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, trains, 0, n,
+              red ? acc : nullptr);
+  if (red) {
+    red[0] += acc[0];
+    red[1] += acc[1];
+  }
 }
 
 // The pixel-pair input covariance of one image pair, written into the interior of a padded
@@ -234,60 +343,6 @@ void outer_rows(const T* a, const T* b, T* out, int64_t C, int64_t H, int64_t W,
 }
 
 template <class T>
-void dispatch(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* r2,
-              const T* g1, const T* g2, const int64_t* geom, const double* consts, int64_t r0,
-              int64_t r1_end, double* acc) {
-  const Consts k{consts[0], consts[1], consts[2], consts[3], consts[4]};
-  const bool trains = consts[5] != 0.0;
-  const bool has_t = t_in != nullptr, writes_t = t_out != nullptr;
-#define NTKIT_CALL(H_, W_, TR_) \
-  rows<T, H_, W_, TR_>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, k, r0, r1_end, acc)
-  if (!writes_t) NTKIT_CALL(false, false, false);
-  else if (!has_t) { if (trains) NTKIT_CALL(false, true, true); else NTKIT_CALL(false, true, false); }
-  else { if (trains) NTKIT_CALL(true, true, true); else NTKIT_CALL(true, true, false); }
-#undef NTKIT_CALL
-}
-
-// Rows [row_begin, row_end) split over nthreads OpenMP threads. Loaded after torch, the
-// library binds to the OpenMP runtime torch already loaded (same soname), so both share one
-// thread pool instead of two pools competing for the cores.
-// sums: nullptr, or (regime 2 only) {sum of S', sum of T'} over the rows, added to
-// sums[0..1] instead of writing s_out/t_out (the GlobalAvgPool2d readout of a last layer).
-template <class T>
-void run(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* r2,
-         const T* g1, const T* g2, const int64_t* geom, const double* consts, int64_t r0,
-         int64_t r1_end, int nthreads, double* sums) {
-#ifdef _OPENMP
-  if (nthreads > 1) {
-#pragma omp parallel num_threads(nthreads)
-    {
-      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t n = r1_end - r0;
-      double acc[2] = {0.0, 0.0};
-      dispatch<T>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, consts, r0 + n * id / nt,
-                  r0 + n * (id + 1) / nt, sums ? acc : nullptr);
-      if (sums) {
-#pragma omp critical(ntkit_sums)
-        {
-          sums[0] += acc[0];
-          sums[1] += acc[1];
-        }
-      }
-    }
-    return;
-  }
-#endif
-  (void)nthreads;
-  double acc[2] = {0.0, 0.0};
-  dispatch<T>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, consts, r0, r1_end,
-              sums ? acc : nullptr);
-  if (sums) {
-    sums[0] += acc[0];
-    sums[1] += acc[1];
-  }
-}
-
-template <class T>
 void outer(const T* a, const T* b, T* out, const int64_t* geom, int nthreads) {
   const int64_t C = geom[0], H = geom[1], W = geom[2], ph = geom[3], pw = geom[4];
   const int64_t rows = H * W * H;
@@ -308,20 +363,7 @@ void outer(const T* a, const T* b, T* out, const int64_t* geom, int nthreads) {
 }  // namespace
 
 extern "C" {
-// geom: {C, H, W, ph, pw}; a, b: (C, H, W); out: (H+2ph, W+2pw, H+2ph, W+2pw), interior set
-void ntkit_pair_input_f32(const float* a, const float* b, float* out, const int64_t* geom,
-                          int nthreads) {
-  outer<float>(a, b, out, geom, nthreads);
-}
-
-void ntkit_pair_input_f64(const double* a, const double* b, double* out, const int64_t* geom,
-                          int nthreads) {
-  outer<double>(a, b, out, geom, nthreads);
-}
-
-// geom: {regime, A, B, H, W, kh, kw} (A, B: n1, n2 for regime 0; m, 0 otherwise)
-// consts: {scale, b2, half_sum, c, eps4, trainable}
-int ntkit_abi_version() { return 4; }
+int ntkit_abi_version() { return 5; }
 
 int ntkit_has_openmp() {
 #ifdef _OPENMP
@@ -331,20 +373,30 @@ int ntkit_has_openmp() {
 #endif
 }
 
-void ntkit_conv_relu_rows_f32(const float* s_in, const float* t_in, float* s_out, float* t_out,
-                              const float* r1, const float* r2, const float* g1,
-                              const float* g2, const int64_t* geom, const double* consts,
-                              int64_t row_begin, int64_t row_end, int nthreads, double* sums) {
-  run<float>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, consts, row_begin, row_end,
-             nthreads, sums);
+// geom: {regime, A, B, H, W, kh, kw} (A, B: n1, n2 for regime 0; m, 0 otherwise)
+// consts: {scale, b2, half_sum, c, eps4, trainable}
+void ntkit_conv_relu_f32(const float* s_in, const float* t_in, float* s_out, float* t_out,
+                         const float* r1, const float* r2, const float* g1, const float* g2,
+                         const int64_t* geom, const double* consts, int nthreads,
+                         double* sums) {
+  layer<float>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, consts, nthreads, sums);
 }
 
-void ntkit_conv_relu_rows_f64(const double* s_in, const double* t_in, double* s_out,
-                              double* t_out, const double* r1, const double* r2,
-                              const double* g1, const double* g2, const int64_t* geom,
-                              const double* consts, int64_t row_begin, int64_t row_end,
-                              int nthreads, double* sums) {
-  run<double>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, consts, row_begin, row_end,
-              nthreads, sums);
+void ntkit_conv_relu_f64(const double* s_in, const double* t_in, double* s_out, double* t_out,
+                         const double* r1, const double* r2, const double* g1,
+                         const double* g2, const int64_t* geom, const double* consts,
+                         int nthreads, double* sums) {
+  layer<double>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, consts, nthreads, sums);
+}
+
+// geom: {C, H, W, ph, pw}; a, b: (C, H, W); out: (H+2ph, W+2pw, H+2ph, W+2pw), interior set
+void ntkit_pair_input_f32(const float* a, const float* b, float* out, const int64_t* geom,
+                          int nthreads) {
+  outer<float>(a, b, out, geom, nthreads);
+}
+
+void ntkit_pair_input_f64(const double* a, const double* b, double* out, const int64_t* geom,
+                          int nthreads) {
+  outer<double>(a, b, out, geom, nthreads);
 }
 }
