@@ -176,3 +176,54 @@ def test_native_sums_equal_sum_of_outputs(flags):
             torch.testing.assert_close(sums[1], ref_t[k].sum(), rtol=1e-13, atol=1e-13)
         else:
             assert sums[1] == 0
+
+
+def _fresh_state(monkeypatch, tmp_path):
+    monkeypatch.setattr(conv_native, "_state", {"lib": None, "tried": False, "error": None})
+    monkeypatch.setenv("NTKIT_CACHE_DIR", str(tmp_path))
+
+
+def test_build_failure_falls_back_to_torch(monkeypatch, tmp_path):
+    """A compiler that fails: a warning that names the problem, and the kernels still come out
+    right (the torch path) against the brute-force reference."""
+    from tests import conv_bruteforce as bf
+    from tests.test_layers_conv import _arch_and_spec
+    import numpy as np
+    _fresh_state(monkeypatch, tmp_path)
+    monkeypatch.setattr(conv_native, "_compiler", lambda: "/bin/false")
+    with pytest.warns(UserWarning, match="native convolution kernel unavailable"):
+        assert not conv_native.available()
+    assert "failed" in conv_native.last_error()
+    arch, spec = _arch_and_spec("same-gap-fixed")
+    x = np.random.default_rng(7).standard_normal((2, 2, 4, 4))
+    ref_nngp, ref_ntk = bf.kernel_matrix(x, x, spec)
+    k = arch.kernel(x)
+    np.testing.assert_allclose(k.ntk.numpy(), ref_ntk, rtol=1e-7)
+
+
+def test_damaged_cached_library_is_rebuilt(tmp_path):
+    """A truncated library file in the cache is detected on load and rebuilt (in a fresh
+    process: a library once loaded stays mapped in this one)."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NTKIT_CACHE_DIR": str(tmp_path)}
+    cxx = conv_native._compiler()
+    target = conv_native.library_path(cxx, conv_native._FLAGS + ["-fopenmp"])
+    rel = target.relative_to(conv_native.cache_dir())
+    damaged = tmp_path / rel
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a shared library")
+    code = ("import math, torch\n"
+            "from ntkit.layers import conv_native as c\n"
+            "assert c.available(), c.last_error()\n"
+            "x = torch.full((1, 1, 1), 2.0, dtype=torch.float64); o = torch.zeros_like(x)\n"
+            "r = torch.full((1, 1, 1), 0.5 ** 0.5, dtype=torch.float64); g = 1 / r\n"
+            "c.conv_relu_step(x, None, o, None, r, r, g, g, (1, 1, 0, 1, 1, 1, 1),\n"
+            "                 (1.0, 0.0, 0.5, 1 / (2 * math.pi), 1e-15, 0.0))\n"
+            "print(float(o))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) == pytest.approx(1.0, abs=1e-15)  # ρ = 1: Σ' = Σ̃/2
+    assert damaged.stat().st_size > 1000  # replaced by a real library

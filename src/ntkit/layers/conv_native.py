@@ -68,7 +68,21 @@ def _compiler() -> Optional[str]:
     return None
 
 
-def _build(cxx: str, flags) -> Path:
+def _cpu_signature() -> bytes:
+    """The CPU's model and feature flags: -march=native code must not be reused on another CPU
+    (a cache directory shared between machines)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as fh:
+            lines = [ln for ln in fh.read().splitlines()
+                     if ln.startswith((b"model name", b"flags", b"Features", b"CPU part"))]
+        return b"\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor().encode()
+
+
+def library_path(cxx: str, flags) -> Path:
+    """Where the library built by ``cxx`` with ``flags`` is cached (a hash of the source, the
+    flags, the compiler's version and the CPU)."""
     src = _SOURCE.read_bytes()
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
@@ -76,9 +90,13 @@ def _build(cxx: str, flags) -> Path:
     except (OSError, subprocess.SubprocessError):
         version = ""
     key = hashlib.sha256(src + " ".join(flags).encode() + version.encode()
-                         + platform.machine().encode()).hexdigest()[:16]
-    out_dir = cache_dir() / "native"
-    target = out_dir / f"fused_conv_relu-{key}.so"
+                         + platform.machine().encode() + _cpu_signature()).hexdigest()[:16]
+    return cache_dir() / "native" / f"fused_conv_relu-{key}.so"
+
+
+def _build(cxx: str, flags) -> Path:
+    target = library_path(cxx, flags)
+    out_dir = target.parent
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +116,21 @@ def _build(cxx: str, flags) -> Path:
     return target
 
 
+def _open(path: Path):
+    lib = ctypes.CDLL(str(path))
+    if lib.ntkit_abi_version() != _ABI_VERSION:
+        raise RuntimeError("stale library (ABI version mismatch)")
+    for name in ("ntkit_conv_relu_f32", "ntkit_conv_relu_f64"):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int, ctypes.c_void_p]
+    for name in ("ntkit_pair_input_f32", "ntkit_pair_input_f64"):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+    return lib
+
+
 def _load():
     with _lock:
         if _state["tried"]:
@@ -106,23 +139,22 @@ def _load():
         cxx = _compiler()
         if cxx is None:
             _state["error"] = "no C++ compiler found (set CXX)"
+            warnings.warn("ntkit: native convolution kernel unavailable (no C++ compiler found; "
+                          "set CXX); using the torch implementation")
             return None
         try:
+            flags = _FLAGS + ["-fopenmp"]
             try:
-                path = _build(cxx, _FLAGS + ["-fopenmp"])
-            except RuntimeError:  # no OpenMP: a serial build, threads from Python
-                path = _build(cxx, _FLAGS)
-            lib = ctypes.CDLL(str(path))
-            if lib.ntkit_abi_version() != _ABI_VERSION:
-                raise RuntimeError("stale library (ABI version mismatch)")
-            for name in ("ntkit_conv_relu_f32", "ntkit_conv_relu_f64"):
-                fn = getattr(lib, name)
-                fn.restype = None
-                fn.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int, ctypes.c_void_p]
-            for name in ("ntkit_pair_input_f32", "ntkit_pair_input_f64"):
-                fn = getattr(lib, name)
-                fn.restype = None
-                fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+                path = _build(cxx, flags)
+            except RuntimeError:  # no OpenMP: a serial build
+                flags = _FLAGS
+                path = _build(cxx, flags)
+            try:
+                lib = _open(path)
+            except (OSError, RuntimeError, AttributeError):
+                # a damaged or stale file in the cache: build it again, once
+                path.unlink(missing_ok=True)
+                lib = _open(_build(cxx, flags))
             _state["openmp"] = bool(lib.ntkit_has_openmp())
         except Exception as exc:  # build or load failure: fall back to torch
             _state["error"] = f"{type(exc).__name__}: {exc}"

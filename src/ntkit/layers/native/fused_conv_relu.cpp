@@ -127,8 +127,7 @@ inline void plane(const T* __restrict s_in, const T* __restrict t_in, T* __restr
     const T rr = (VEC_A ? ra[j] : ra0) * rb[j];
     const T gg = (VEC_A ? ga[j] : ga0) * gb[j];
     T rho = sp * rr;
-    rho = rho > T(1) ? T(1) : rho;
-    rho = rho < T(-1) ? T(-1) : rho;
+    // |rho| within 4 ulps of 1, or beyond it by rounding: exactly +-1
     rho = std::fabs(rho) > one_m ? std::copysign(T(1), rho) : rho;
     const T a = std::fabs(rho);
     const bool big = a > T(0.5);
