@@ -21,8 +21,6 @@ Writes ``ntk_drift.png`` (log-log, with fitted slopes) and ``results.json``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from tqdm import tqdm
 
 from ntkit.empirical import empirical_ntk
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
+from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
 from ntkit.experiments.width_sweep import fit_loglog, relative_frobenius, relu_mlp, sphere_inputs
 
 FULL = {"widths": [64, 128, 256, 512, 1024, 2048, 4096], "seeds": 4, "n_train": 16,
@@ -73,16 +72,11 @@ def plot(path: Path, widths, drift, dist, fits, cfg) -> None:
     ax.set_title(f"NTK drift during {cfg['steps']} GD steps (depth {cfg['depth']} ReLU)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
-    cfg = {**(QUICK if quick else FULL), **options}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     dtype = getattr(torch, cfg["dtype"])
     x_train, y_train, x_all = task(cfg["n_train"], cfg["n_test"], cfg["d"], seed)
     limit = relu_mlp(1, cfg["depth"]).kernel(x_all, get="ntk").ntk
@@ -118,19 +112,14 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
               "fitted_slope_init_vs_limit": fits["init_vs_limit"][0],
               "theory_slope": {"init_vs_limit": -0.5, "drift": "between -1/2 and -1"},
               "seconds": time.perf_counter() - t0}
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    write_results(out_dir, result)
     return result
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    res = run(args.out_dir, quick=args.quick, seed=args.seed)
-    print(json.dumps({"fitted_slope_drift": res["fitted_slope_drift"],
-                      "mean_drift": res["mean_drift"], "seconds": res["seconds"]}))
+    standalone_main(__doc__, run, lambda r: {"fitted_slope_drift": r["fitted_slope_drift"],
+                                             "mean_drift": r["mean_drift"],
+                                             "seconds": r["seconds"]}, argv)
 
 
 if __name__ == "__main__":

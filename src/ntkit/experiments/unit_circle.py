@@ -15,7 +15,6 @@ and ``results.json`` (curves, distances to the limit, relative change during tra
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 import ntkit as nk
 from ntkit.empirical import empirical_ntk
+from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
 
 FULL = {"widths": [500, 10000], "inits": 10, "depth": 4, "W_std": 1.0, "b_std": 0.1,
@@ -95,16 +95,11 @@ def plot(path: Path, gamma, limit, curves, cfg) -> None:
     axes[0].set_ylabel(r"$\Theta(x_0, x)$,  $x_0 = (1, 0)$")
     axes[0].set_title(f"NTK at initialization (L={cfg['depth']}, {cfg['inits']} inits per width)")
     axes[1].set_title(f"after {cfg['steps']} GD steps (lr {cfg['lr']}) on $f^*(x)=x_1x_2$")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
-    cfg = {**(QUICK if quick else FULL), **options}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     gamma, xs = circle(cfg["n_gamma"])
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     x_train, y_train = training_set(cfg["n_train"], seed)
@@ -128,7 +123,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     result = {"experiment": "unit-circle", "config": cfg, "seed": seed,
               "gamma": gamma.tolist(), "limit": limit.tolist(), "widths": summary,
               "seconds": time.perf_counter() - t0}
-    (out_dir / "results.json").write_text(json.dumps(result))
+    write_results(out_dir, result, indent=None)
     return result
 
 
@@ -152,18 +147,13 @@ def merge_runs(out_dir: Path, part_dirs) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(out_dir / "unit_circle.png", torch.tensor(merged["gamma"]), torch.tensor(merged["limit"]),
          curves, merged["config"])
-    (out_dir / "results.json").write_text(json.dumps(merged))
+    write_results(out_dir, merged, indent=None)
     return merged
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    res = run(args.out_dir, quick=args.quick, seed=args.seed)
-    print(json.dumps({w: v["mean_relative_change_during_training"] for w, v in res["widths"].items()}))
+    standalone_main(__doc__, run, lambda r: {w: v["mean_relative_change_during_training"]
+                                             for w, v in r["widths"].items()}, argv)
 
 
 if __name__ == "__main__":

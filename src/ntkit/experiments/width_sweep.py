@@ -14,8 +14,6 @@ and ``results.json``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from tqdm import tqdm
 
 import ntkit as nk
 from ntkit.empirical import empirical_ntk
+from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
 
 FULL = {"widths": [64, 128, 256, 512, 1024, 2048, 4096, 8192], "seeds": 5, "n": 32, "d": 8,
         "depth": 4, "dtype": "float32"}
@@ -97,16 +96,11 @@ def plot(path: Path, widths, means, stds, slope, intercept, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
-    cfg = {**(QUICK if quick else FULL), **options}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     x = sphere_inputs(cfg["n"], cfg["d"], seed)
     seeds = [seed * 1000 + s for s in range(cfg["seeds"])]
     dist = distances(cfg["widths"], seeds, x, cfg["depth"], getattr(torch, cfg["dtype"]))
@@ -122,18 +116,13 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
               "theory_slope": -0.5, "seconds": time.perf_counter() - t0}
     plot(out_dir / "width_sweep.png", widths, means, stds, slope, intercept,
          f"Empirical NTK → analytic NTK (depth {cfg['depth']} ReLU, {cfg['seeds']} seeds)")
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    write_results(out_dir, result)
     return result
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    res = run(args.out_dir, quick=args.quick, seed=args.seed)
-    print(json.dumps({"fitted_slope": res["fitted_slope"], "seconds": res["seconds"]}))
+    standalone_main(__doc__, run, lambda r: {"fitted_slope": r["fitted_slope"],
+                                             "seconds": r["seconds"]}, argv)
 
 
 if __name__ == "__main__":

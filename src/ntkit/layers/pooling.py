@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import torch
 from torch import nn
 
 from ..finite import AvgPool2dModule, GlobalAvgPool2dModule

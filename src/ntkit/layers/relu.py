@@ -19,7 +19,7 @@ bias) is treated as orthogonal to everything (θ = π/2), i.e. the convention φ
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 

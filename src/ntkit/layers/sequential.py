@@ -2,8 +2,7 @@
 memory-bounded blocks, and the finite network of the same specification."""
 from __future__ import annotations
 
-import math
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn

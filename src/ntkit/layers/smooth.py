@@ -5,7 +5,6 @@ Notation: (u, v) ~ N(0, [[v1, c], [c, v2]]).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
