@@ -37,7 +37,7 @@ import torch
 _SOURCE = Path(__file__).with_name("native") / "fused_conv_relu.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
           "-std=c++17", "-fPIC", "-shared"]
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 # regimes of the C++ kernel (see its header comment)
 REGIME_DIAG_DENSE, REGIME_DIAG_PAIRED, REGIME_FULL = 0, 1, 2
 
