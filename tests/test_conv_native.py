@@ -227,3 +227,66 @@ def test_damaged_cached_library_is_rebuilt(tmp_path):
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) == pytest.approx(1.0, abs=1e-15)  # ρ = 1: Σ' = Σ̃/2
     assert damaged.stat().st_size > 1000  # replaced by a real library
+
+
+def _dense_block(n1=70, n2=90, seed=3):
+    """A dense pre-activation block with correlations over [-1, 1], including exactly ±1
+    (column 0 repeats row 0, column 1 is its negative) and a zero-variance row."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n1, 6))
+    y = rng.standard_normal((n2, 6))
+    y[0], y[1] = x[0], -x[0]
+    x[5] = 0.0
+    return x @ y.T / 6, (x * x).sum(1) / 6, (y * y).sum(1) / 6
+
+
+@pytest.mark.parametrize("ab", [(0.0, 1.0), (-0.3, 0.8)])
+def test_arccos_dense_matches_numpy(ab):
+    """The native fast path of the ReLU family on a dense block against the arc-cosine formulas
+    evaluated with numpy in float64 (Cho & Saul 2009), and float32 within float32 rounding
+    (away from |ρ| = 1, where float32 rounding of ρ moves θ by ~sqrt(eps) and the
+    fully-connected path recomputes nearly equal inputs on its precise path)."""
+    import numpy as np
+    from ntkit.layers.relu import ABReLU
+    c, v1, v2 = _dense_block()
+    a, b = ab
+    hs, k = (a * a + b * b) / 2, (a - b) ** 2 / (2 * np.pi)
+    sv = np.sqrt(np.outer(v1, v2))
+    rho = np.clip(np.divide(c, sv, out=np.zeros_like(c), where=sv > 0), -1, 1)
+    th = np.arccos(rho)
+    ref_nngp = hs * c + k * sv * (np.sin(th) - th * np.cos(th))
+    ref_dot = hs - k * th
+    act = ABReLU(a, b)
+    for dtype, tol in ((torch.float64, 1e-14), (torch.float32, 3e-6)):
+        cov = torch.tensor(c, dtype=dtype)
+        t1 = torch.tensor(v1, dtype=dtype)[:, None]
+        t2 = torch.tensor(v2, dtype=dtype)[None, :]
+        nngp, dot, _ = act.pair_moments(cov, t1, t2, None, True)
+        keep = np.ones_like(rho, dtype=bool) if dtype == torch.float64 else np.abs(rho) < 1 - 1e-3
+        scale = np.abs(ref_nngp).max()
+        np.testing.assert_allclose(nngp.double().numpy()[keep], ref_nngp[keep], rtol=0,
+                                   atol=tol * scale)
+        np.testing.assert_allclose(dot.double().numpy()[keep], ref_dot[keep], rtol=0, atol=tol)
+
+
+def test_fc_kernel_native_equals_torch_path():
+    """A 3-layer ReLU MLP kernel on 120 inputs: the native activation (blocks of >= 4096
+    entries) equals the torch fast path (native off) to float64 rounding."""
+    from ntkit.layers.relu import _native_dense
+    import ntkit as nk
+    x = torch.randn(120, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    arch = nk.Sequential(nk.Linear(64, W_std=1.5, b_std=0.1), nk.ReLU(),
+                         nk.Linear(64, W_std=1.5, b_std=0.1), nk.LeakyReLU(0.1),
+                         nk.Linear(1, W_std=1.5, b_std=0.1))
+    assert _native_dense(torch.zeros(120, 120, dtype=torch.float64),
+                         torch.ones(120, 1, dtype=torch.float64),
+                         torch.ones(1, 120, dtype=torch.float64))
+    k_native = arch.kernel(x)
+    old = conv_native.set_native(False)
+    try:
+        k_torch = arch.kernel(x)
+    finally:
+        conv_native.set_native(old)
+    torch.testing.assert_close(k_native.nngp, k_torch.nngp, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(k_native.ntk, k_torch.ntk, rtol=1e-13, atol=1e-15)

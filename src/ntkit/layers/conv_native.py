@@ -1,4 +1,6 @@
-"""Native CPU kernel for fused [Conv2d, ReLU-family] layers, built on first use.
+"""Native CPU kernels, built on first use: the fused [Conv2d, ReLU-family] layer (the main one),
+the pixel-pair input covariance, and the dense arc-cosine map of the fully-connected ReLU
+family (``arccos_dense``, one pass instead of ~12 torch operations).
 
 The pass of ``conv_fused._step`` (stencil sums of Σ and Θ, arc-cosine activation, writes into
 the interior of the next zero-padded buffer) is written once in C++
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -37,7 +40,7 @@ import torch
 _SOURCE = Path(__file__).with_name("native") / "fused_conv_relu.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
           "-std=c++17", "-fPIC", "-shared"]
-_ABI_VERSION = 6
+_ABI_VERSION = 7
 # regimes of the C++ kernel (see its header comment)
 REGIME_DIAG_DENSE, REGIME_DIAG_PAIRED, REGIME_FULL = 0, 1, 2
 
@@ -128,6 +131,11 @@ def _open(path: Path):
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+    for name in ("ntkit_arccos_dense_f32", "ntkit_arccos_dense_f64"):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 2 + [ctypes.c_double] * 2
+                       + [ctypes.c_int])
     return lib
 
 
@@ -236,3 +244,28 @@ def pair_input(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, ph: int, pw:
         raise ValueError(f"native kernel supports float32/float64, got {out.dtype}")
     g = (ctypes.c_int64 * 5)(c, h, w, ph, pw)
     fn(a.data_ptr(), b.data_ptr(), out.data_ptr(), ctypes.addressof(g), _threads())
+
+
+def arccos_dense(cov: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, g1: torch.Tensor,
+                 g2: torch.Tensor, half_sum: float, diff2: float, need_dot: bool
+                 ) -> Optional[torch.Tensor]:
+    """The ReLU-family (arc-cosine) maps on a dense block, in place (ntkit.layers.relu's fast
+    path in one pass): cov (n1, n2) becomes E[φ(u)φ(v)]; returns E[φ'(u)φ'(v)] (n1, n2) when
+    ``need_dot``. r = 1/sqrt(v) (0 for v = 0) and g = sqrt(v): (n1,) rows, (n2,) columns."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {_state['error']}")
+    n1, n2 = cov.shape
+    fn = {torch.float32: lib.ntkit_arccos_dense_f32,
+          torch.float64: lib.ntkit_arccos_dense_f64}.get(cov.dtype)
+    if fn is None:
+        raise ValueError(f"native kernel supports float32/float64, got {cov.dtype}")
+    for t, n in ((r1, n1), (g1, n1), (r2, n2), (g2, n2)):
+        if t.shape != (n,) or t.dtype != cov.dtype or not t.is_contiguous():
+            raise ValueError("arccos_dense: r/g must be contiguous vectors of the block's sides")
+    if not cov.is_contiguous() or cov.device.type != "cpu":
+        raise ValueError("native kernel needs contiguous CPU tensors")
+    dot = torch.empty_like(cov) if need_dot else None
+    fn(cov.data_ptr(), _ptr(dot), r1.data_ptr(), r2.data_ptr(), g1.data_ptr(), g2.data_ptr(),
+       n1, n2, float(half_sum), float(diff2) / (2 * math.pi), _threads())
+    return dot

@@ -45,6 +45,19 @@ def _sin_minus_theta_cos(theta: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, direct)
 
 
+def _native_dense(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor) -> bool:
+    """A dense CPU block (n1, n2) with row variances (n1, 1) and column variances (1, n2), and
+    the native kernel available: the fast path runs in C++."""
+    if (cov.device.type != "cpu" or cov.dtype not in (torch.float32, torch.float64)
+            or cov.dim() != 2 or not cov.is_contiguous() or cov.numel() < 4096):
+        return False
+    n1, n2 = cov.shape
+    if tuple(v1.shape) != (n1, 1) or tuple(v2.shape) != (1, n2):
+        return False
+    from . import conv_native
+    return conv_native.available()
+
+
 class ABReLU(Activation):
     """φ(x) = a·min(x, 0) + b·max(x, 0) (neural-tangents' ``ABRelu(a, b)``); kernel in module doc."""
 
@@ -75,6 +88,13 @@ class ABReLU(Activation):
         if diff2 == 0.0:  # linear activation (a == b)
             dot = torch.full_like(cov, half_sum) if need_dot else None
             return cov.mul_(half_sum), dot, None
+        if _native_dense(cov, v1, v2):  # the same maps in one C++ pass (conv_native)
+            from . import conv_native
+            a1, a2 = v1.reshape(-1), v2.reshape(-1)
+            dot = conv_native.arccos_dense(cov, r1.reshape(-1).contiguous(),
+                                           r2.reshape(-1).contiguous(), torch.sqrt(a1),
+                                           torch.sqrt(a2), half_sum, diff2, need_dot)
+            return cov, dot, None
         rho = torch.mul(cov, r1).mul_(r2).clamp_(-1.0, 1.0)
         theta = torch.acos(rho)
         # S(θ) = sin θ - θ cos θ, scaled by sqrt(v1 v2) (a rank-one factor) and (a-b)²/2π

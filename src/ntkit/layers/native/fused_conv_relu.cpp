@@ -369,10 +369,63 @@ void outer(const T* a, const T* b, T* out, const int64_t* geom, int nthreads) {
   outer_rows<T>(a, b, out, C, H, W, ph, pw, 0, rows);
 }
 
+// The ReLU-family maps on a dense (n1, n2) block of pre-activation covariances, in place:
+// rho = clamp(c r1_i r2_j, -1, 1), theta = arccos rho,
+// cov <- hs c + k (sqrt(1 - rho^2) - theta rho) g1_i g2_j,  dot <- hs - k theta (if dot).
+// (No snapping to +-1 here: the fully-connected path refines nearly equal inputs separately.)
+template <class T>
+void arccos_dense(T* cov, T* dot, const T* r1, const T* r2, const T* g1, const T* g2,
+                  int64_t n1, int64_t n2, double hs_, double k_, int nthreads) {
+  const T hs = T(hs_), kk = T(k_), half_pi = T(1.5707963267948966);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+#endif
+  for (int64_t i = 0; i < n1; ++i) {
+    T* __restrict c = cov + i * n2;
+    T* __restrict d = dot ? dot + i * n2 : nullptr;
+    const T ra = r1[i], ga = g1[i];
+    const T* __restrict rb = r2;
+    const T* __restrict gb = g2;
+#pragma omp simd simdlen(64 / sizeof(T))
+    for (int64_t j = 0; j < n2; ++j) {
+      const T cv = c[j];
+      T rho = cv * ra * rb[j];
+      rho = rho > T(1) ? T(1) : rho;
+      rho = rho < T(-1) ? T(-1) : rho;
+      const T a = std::fabs(rho);
+      const bool big = a > T(0.5);
+      const T z = big ? (T(1) - a) * T(0.5) : a * a;
+      const T y = big ? std::sqrt(z) : a;
+      const T p = asin_over_y(z) * y;
+      const T th = half_pi - std::copysign(big ? half_pi - T(2) * p : p, rho);
+      T om = T(1) - rho * rho;
+      om = om > T(0) ? om : T(0);
+      c[j] = hs * cv + kk * (std::sqrt(om) - th * rho) * (ga * gb[j]);
+      if (d) d[j] = hs - kk * th;
+    }
+  }
+  (void)nthreads;
+}
+
 }  // namespace
 
 extern "C" {
-int ntkit_abi_version() { return 6; }
+// cov (n1, n2) contiguous, updated in place; dot (n1, n2) or null; r = 1/sqrt(v) (0 where
+// v = 0) and g = sqrt(v) per row (r1, g1: n1) and column (r2, g2: n2); hs = (a^2+b^2)/2,
+// k = (a-b)^2/(2 pi)
+void ntkit_arccos_dense_f32(float* cov, float* dot, const float* r1, const float* r2,
+                            const float* g1, const float* g2, int64_t n1, int64_t n2,
+                            double hs, double k, int nthreads) {
+  arccos_dense<float>(cov, dot, r1, r2, g1, g2, n1, n2, hs, k, nthreads);
+}
+
+void ntkit_arccos_dense_f64(double* cov, double* dot, const double* r1, const double* r2,
+                            const double* g1, const double* g2, int64_t n1, int64_t n2,
+                            double hs, double k, int nthreads) {
+  arccos_dense<double>(cov, dot, r1, r2, g1, g2, n1, n2, hs, k, nthreads);
+}
+
+int ntkit_abi_version() { return 7; }
 
 int ntkit_has_openmp() {
 #ifdef _OPENMP
