@@ -225,3 +225,16 @@ def test_unknown_get(arch):
 def test_image_input_to_dense_net(arch):
     with pytest.raises(ValueError, match="Flatten"):
         arch.kernel(np.ones((2, 3, 4, 4)))
+
+
+def test_inf_and_minus_inf_together_and_overflowing_finite_values(arch):
+    """The finiteness check starts from the sum: +Inf and -Inf together are still reported,
+    and large finite values whose float32 sum overflows are accepted."""
+    x = np.ones((3, 4))
+    x[0, 0], x[2, 3] = np.inf, -np.inf
+    with pytest.raises(ValueError, match="x1: contains 2 NaN or Inf"):
+        arch.kernel(x)
+    big = np.full((3, 4), 3e38, dtype=np.float32)
+    from ntkit._inputs import as_input_pair
+    t1, _ = as_input_pair(big, None)
+    assert torch.isinf(t1.sum()) and t1.dtype == torch.float32
