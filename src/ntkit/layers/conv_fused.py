@@ -16,7 +16,9 @@ implementation). The arrays are kept zero-padded by (q-1)/2 on every spatial axi
 (Σ, Θ), applies the activation and writes (Σ', Θ') into the interior of the other buffer of a
 ping-pong pair. Under ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on CUDA) this pass
 is one loop; without it (small problems, ``set_compile("off")``, NTKIT_COMPILE=0, or when
-compiling fails) the same function runs eagerly. Pixel-pair states go through in fixed-size
+compiling fails) the same function runs eagerly. On CPU the pass normally runs in C++
+instead (``conv_native``: the same math, one pair per call, the input covariance written
+straight into the padded buffer and a following GlobalAvgPool2d folded into the last layer). Pixel-pair states go through in fixed-size
 micro-batches (1 pair on CPU, 16 on CUDA) so that the compiled loop keeps one shape. arccos is evaluated by ``acos_poly``
 (vectorizes in float64, unlike the library arccos on many CPUs).
 

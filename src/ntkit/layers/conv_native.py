@@ -7,7 +7,7 @@ the interior of the next zero-padded buffer) is written once in C++
 (``native/fused_conv_relu.cpp``), compiled with the machine's C++ compiler (``$CXX`` or
 ``c++``, ``-O3 -march=native``) into a shared library that is cached under
 ``$NTKIT_CACHE_DIR`` (default ``~/.cache/ntkit``) and keyed by a hash of the source, the flags
-and the compiler, then called through ``ctypes``. The work is split into planes (the last two
+the compiler and the CPU's feature flags, then called through ``ctypes``. The work is split into planes (the last two
 padded axes of one leading index), each walked as one flat vectorized run; one pass per layer
 reads each input entry from cache and writes each output once, which is what brings a layer
 close to the memory floor.
@@ -15,10 +15,10 @@ close to the memory floor.
 Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads. The library is
 linked with ``-fopenmp`` and loaded after torch, so it binds to the OpenMP runtime torch
 already loaded and both share one thread pool (a second pool on the same cores spins against
-torch's: measured 1.5x slower). If the compiler has no OpenMP, a serial build is used. When no compiler is available, the build fails,
-``NTKIT_NATIVE=0`` is set, or ``set_native(False)`` was called, ``available()`` is False and
-the callers use the torch implementation instead (``torch.compile`` or eager), with the same
-results to rounding.
+torch's: measured 1.5x slower). If the compiler has no OpenMP, a serial build is used.
+When no compiler is available, the build fails, ``NTKIT_NATIVE=0`` is set, or
+``set_native(False)`` was called, ``available()`` is False and the callers use the torch
+implementation instead (``torch.compile`` or eager), with the same results to rounding.
 """
 from __future__ import annotations
 
