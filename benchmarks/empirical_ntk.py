@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from torch import nn
 
 import ntkit as nk
 from ntkit.empirical import resolve_implementation
+from _timing import median_time
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT / ".peer-venv" / "bin" / "python"
@@ -38,19 +38,6 @@ MLP = {"name": "mlp", "kind": "mlp", "widths": [512, 512, 512], "out": 1, "W_std
        "b_std": 0.05, "inputs": "x_mlp", "n": 200, "d": 784}
 CNN = {"name": "cnn", "kind": "cnn", "channels": [32, 32], "out": 10, "W_std": 1.5,
        "b_std": 0.05, "inputs": "x_cnn", "n": 100, "image": [3, 16, 16]}
-
-
-def median_time(fn, repeats):
-    t0 = time.perf_counter()
-    fn()  # warm-up
-    if time.perf_counter() - t0 > 3.0:
-        repeats = 1  # slow cases: one more run is enough for a ratio of 100
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def torch_mlp(spec, leaves=None):
@@ -135,12 +122,14 @@ def main():
             leaves = [arrays[f"{name}_p{i}"] for i in range(sum(k.startswith(f"{name}_p") for k in arrays))]
         net = build(spec, leaves)
         x = torch.from_numpy(inputs[name])
+        # slow cases (> 3 s): one timed run is enough for a ratio of 100
         times = {impl: median_time(lambda: nk.empirical_ntk(net, x, implementation=impl),
-                                   args.repeats) for impl in impls}
+                                   args.repeats, slow_after=3.0)[0] for impl in impls}
         threads = torch.get_num_threads()
         if threads > 1:  # on a shared, loaded machine one thread can beat the thread pool
             torch.set_num_threads(1)
-            times["auto_1_thread"] = median_time(lambda: nk.empirical_ntk(net, x), args.repeats)
+            times["auto_1_thread"] = median_time(lambda: nk.empirical_ntk(net, x), args.repeats,
+                                                 slow_after=3.0)[0]
             torch.set_num_threads(threads)
         times["auto_resolves_to"] = resolve_implementation(net, x)
         result["seconds"][name] = times

@@ -14,13 +14,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import ntkit as nk
+from _timing import median_time
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT / ".peer-venv" / "bin" / "python"
@@ -34,24 +34,14 @@ def arch():
     return nk.Sequential(*layers, nk.Linear(1, W_std=1.5, b_std=0.05))
 
 
-def median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def floor_seconds(x1, x2, repeats):
     """X·Xᵀ product + per layer one pass reading and writing two n1 x n2 matrices."""
     other = x1 if x2 is None else x2
-    gemm = median_time(lambda: x1 @ other.T, repeats)
+    gemm = median_time(lambda: x1 @ other.T, repeats)[0]
     a = torch.empty(x1.shape[0], other.shape[0], dtype=x1.dtype)
     a.fill_(1.0)
     b = a.clone()
-    one_pass = median_time(lambda: (a.mul_(1.0000001), b.add_(a)), repeats)
+    one_pass = median_time(lambda: (a.mul_(1.0000001), b.add_(a)), repeats)[0]
     passes = DEPTH + 1
     if x2 is None:  # one triangle is enough
         return (gemm + passes * one_pass) / 2 + 0.0, gemm, one_pass
@@ -87,7 +77,7 @@ def main():
             x2 = torch.as_tensor(rng.normal(size=(n, D)), dtype=tdt)
             for mode in ("x2", "x2=None"):
                 other = x2 if mode == "x2" else None
-                t = median_time(lambda: net.kernel(x1, other), args.repeats)
+                t = median_time(lambda: net.kernel(x1, other), args.repeats)[0]
                 floor, gemm, one_pass = floor_seconds(x1, other, args.repeats)
                 key = f"{dt}/{n}/{mode}"
                 case = {"ntkit_s": t, "entries_per_s": n * n / t, "floor_s": floor,

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +25,10 @@ import torch
 
 import ntkit as nk
 from ntkit import predict
+from _timing import median_time
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT / ".peer-venv" / "bin" / "python"
-
-
-def median_time(fn, repeats):
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
 
 
 def checksum(value) -> float:

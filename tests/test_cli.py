@@ -207,10 +207,6 @@ def test_uci_and_cifar10_by_name(tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads(out)
     assert metrics["n_train"] + metrics["n_test"] == 150  # iris, first kfold pair
-    try:
-        import ntkit.data.cifar10  # noqa: F401
-    except ImportError:
-        pytest.skip("ntkit.data.cifar10 (the CIFAR-10 loader, issue 5) not available yet")
     if not expected_file("cifar10", default_data_dir()).is_file():
         pytest.skip("../shared/data/cifar10 not present")
     code, _, err = run_main(capsys, "kernel", "--arch", "cnn:depth=1,readout=flatten", "--data",

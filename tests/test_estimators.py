@@ -18,12 +18,7 @@ from ntkit.estimators import default_architecture
 from ntkit.predict import SingularKernelWarning
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @parametrize_with_checks([nk.NTKRegressor(), nk.NTKClassifier(), nk.NNGPRegressor()])

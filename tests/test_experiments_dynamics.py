@@ -5,17 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from ntkit import experiments
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _files(out, names):

@@ -3,17 +3,11 @@ their figure and results.json, and their numbers show what the theory says."""
 import json
 
 import pytest
-import torch
 
 from ntkit.experiments import get
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_width_sweep_quick(tmp_path):

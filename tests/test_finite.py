@@ -24,14 +24,9 @@ import ntkit as nk
 from ntkit.finite import NTKLinear
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run thousands of tiny forward passes: torch's intra-op thread pool only adds
-    synchronization there (20x slower on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# thousands of tiny forward passes: torch's intra-op thread pool only adds synchronization
+# there (20x slower on a loaded 2-core machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs():

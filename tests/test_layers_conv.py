@@ -217,3 +217,20 @@ def test_bad_layer_arguments():
         nk.Conv2d(4, 0)
     with pytest.raises(ValueError, match="out_channels"):
         nk.Conv2d(0, 3)
+
+
+def test_torch_fused_micro_batches_padding(monkeypatch):
+    """The torch fused path in micro-batches of 4 pairs (as on CUDA, where the last batch is
+    padded with zero factors): equals the brute-force reference."""
+    monkeypatch.setitem(conv_fused._MICRO, "cpu", 4)
+    old = conv_native.set_native(False)
+    try:
+        arch, spec = _arch_and_spec("same-3x5-bias-gap")
+        rng = np.random.default_rng(11)
+        x1, x2 = rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((2, 2, 4, 4))
+        ref_nngp, ref_ntk = bf.kernel_matrix(x1, x2, spec)
+        k = arch.kernel(x1, x2)  # 6 pairs: batches of 4 and 2 (+2 padding)
+    finally:
+        conv_native.set_native(old)
+    np.testing.assert_allclose(k.nngp.numpy(), ref_nngp, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(k.ntk.numpy(), ref_ntk, rtol=1e-10, atol=1e-14)

@@ -3,7 +3,6 @@ GlobalAvgPool, Flatten), run in its own virtualenv; skipped when .peer-venv is a
 neural-tangents takes NHWC images, ntkit NCHW: the same images are passed transposed."""
 import numpy as np
 import pytest
-import torch
 
 import ntkit as nk
 from tests.peer.runner import nt_kernels, peer_available

@@ -18,13 +18,7 @@ ARCH = nk.Sequential(nk.Linear(512, W_std=1.5, b_std=0.1), nk.ReLU(),
                      nk.Linear(1, W_std=1.5, b_std=0.1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,17 @@ class _KernelModel(BaseEstimator):
         return tags
 
 
-class NTKRegressor(RegressorMixin, _KernelModel):
+class _KernelRegressor(RegressorMixin, _KernelModel):
+    """Regressors: targets of shape (n,) or (n, outputs)."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+
+class NTKRegressor(_KernelRegressor):
     """Mean prediction of infinitely wide networks trained on MSE to time ``t`` (NTK-GP mean).
 
     Parameters
@@ -156,12 +166,6 @@ class NTKRegressor(RegressorMixin, _KernelModel):
     def predict(self, X) -> np.ndarray:
         """Predicted outputs, shape (m,) or (m, outputs) like the training targets."""
         return self._raw_predict(X)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        tags.target_tags.single_output = True
-        return tags
 
 
 class NTKClassifier(ClassifierMixin, _KernelModel):
@@ -198,7 +202,7 @@ class NTKClassifier(ClassifierMixin, _KernelModel):
         return self.classes_[np.argmax(scores, axis=1)]
 
 
-class NNGPRegressor(RegressorMixin, _KernelModel):
+class NNGPRegressor(_KernelRegressor):
     """Posterior of the NNGP Gaussian process (an infinitely wide Bayesian network), or, at a
     finite ``t``, the ensemble of networks whose readout alone is trained to time t.
 
@@ -237,9 +241,3 @@ class NNGPRegressor(RegressorMixin, _KernelModel):
         parts = [torch.diagonal(self._kernel(self.arch_, X[i:i + 256]))
                  for i in range(0, len(X), 256)]
         return torch.cat(parts)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        tags.target_tags.single_output = True
-        return tags

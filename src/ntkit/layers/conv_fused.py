@@ -269,6 +269,13 @@ def _layer_vars(pairs, v1, v2, same_vars):
     return out, v1, v2
 
 
+def _micro(t: torch.Tensor, mb: int) -> torch.Tensor:
+    """t (k, ...) padded with zeros to mb rows (the fixed shape of a compiled micro-batch)."""
+    if t.shape[0] == mb:
+        return t
+    return torch.cat([t, t.new_zeros((mb - t.shape[0],) + tuple(t.shape[1:]))])
+
+
 def _rg(v: torch.Tensor):
     return torch.where(v > 0, torch.rsqrt(v), torch.zeros_like(v)), torch.sqrt(v)
 
@@ -327,12 +334,12 @@ def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
     out_cov = cov.new_empty(out_shape) if full else None
     out_ntk = (cov.new_empty(out_shape) if any_t else None) if full else None
     entries = cov.numel() * len(pairs)
-    if native:  # rank-one factors 1/sqrt(v) and sqrt(v), (m|n, H, W) per layer and side
-        lrg = []
-        for v1, v2 in lvars:
-            r1, g1 = _rg(v1.contiguous())
-            r2, g2 = (r1, g1) if v2 is v1 else _rg(v2.contiguous())
-            lrg.append((r1, g1, r2, g2))
+    # rank-one factors 1/sqrt(v) and sqrt(v), (m|n, H, W) per layer and side, computed once
+    lrg = []
+    for v1, v2 in lvars:
+        r1, g1 = _rg(v1.contiguous())
+        r2, g2 = (r1, g1) if v2 is v1 else _rg(v2.contiguous())
+        lrg.append((r1, g1, r2, g2))
     sums = torch.zeros(2, dtype=torch.float64) if (native and gap) else None
     starts = range(0, m, mb) if full else [None]
     for s0 in starts:
@@ -366,15 +373,10 @@ def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
                               float(diff2), bool(trains[layer_i]),
                               sums if last_gap else None)
             else:
-                v1, v2 = lvars[layer_i]
-                if full:
-                    v1, v2 = v1[sl], v2[sl]
-                    if k < mb:
-                        pad = v1.new_zeros((mb - k,) + tuple(v1.shape[1:]))
-                        v1, v2 = torch.cat([v1, pad]), torch.cat([v2, pad])
-                r1, g1 = _rg(v1)
-                r2, g2 = (r1, g1) if (same_vars and not full) else _rg(v2)
-                if full:  # (mb, H, W, 1, 1) and (mb, 1, 1, H, W)
+                r1, g1, r2, g2 = lrg[layer_i]
+                if full:  # this micro-batch (padded with zero factors): (mb, H, W, 1, 1) and
+                    # (mb, 1, 1, H, W)
+                    r1, g1, r2, g2 = (_micro(t[sl], mb) for t in (r1, g1, r2, g2))
                     r1, g1 = r1[:, :, :, None, None], g1[:, :, :, None, None]
                     r2, g2 = r2[:, None, None], g2[:, None, None]
                 elif state.layout == "dense":  # (n1, 1, H, W) and (1, n2, H, W)
