@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 import ntkit as nk  # noqa: E402
-from ntkit.layers import conv_fused  # noqa: E402
+from ntkit.engine import KernelOptions  # noqa: E402
 
 PEER = ROOT / ".peer-venv" / "bin" / "python"
 FLOPS_PER_ENTRY = 9 + 9 + 4 + 45
@@ -106,25 +106,21 @@ def machine_rates(dev, dtype):
     return bw, rate
 
 
-def time_ours(depth, gap, n, dev, dtype, size=32, backend="native"):
-    from ntkit.layers import conv_native
-    old = conv_native.set_native(backend == "native")
-    try:
-        return _time_ours(depth, gap, n, dev, dtype, size)
-    finally:
-        conv_native.set_native(old)
+def time_ours(depth, gap, n, dev, dtype, size=32, backend="native", budget=1 << 30):
+    options = KernelOptions(native=backend == "native", memory_budget=int(budget))
+    return _time_ours(depth, gap, n, dev, dtype, size, options)
 
 
-def _time_ours(depth, gap, n, dev, dtype, size=32):
+def _time_ours(depth, gap, n, dev, dtype, size, options):
     a = arch(depth, gap)
     import numpy as np  # the same images as benchmarks/peer/nt_conv_kernel.py (NHWC there)
     xn = np.random.default_rng(0).standard_normal((n, size, size, 3)).astype(str(dtype)[6:])
     x = torch.from_numpy(xn.transpose(0, 3, 1, 2).copy()).to(dev)
-    a.kernel(x, get="ntk")  # warm-up: compiles the fused layers (for these shapes) when used
+    a.kernel(x, get="ntk", options=options)  # warm-up: compiles the fused layers (for these shapes) when used
     _sync(dev)
     _reset_peak(dev)
     t0 = time.perf_counter()
-    k = a.kernel(x, get="ntk")
+    k = a.kernel(x, get="ntk", options=options)
     _sync(dev)
     sec = time.perf_counter() - t0
     return sec, _peak(dev), k.ntk.double().cpu()
@@ -174,9 +170,6 @@ def main(argv=None):
     p.add_argument("--backends", default="native,torch",
                    help="CPU backends of the fused pass: native (C++) and/or torch (compiled)")
     args = p.parse_args(argv)
-    from ntkit.layers import conv_state
-    conv_state.set_memory_budget(int(args.budget))
-    conv_fused.set_compile("auto")
     results = {"machine": {"cpu_threads": torch.get_num_threads(),
                            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
                "memory_budget_MiB": args.budget / 2 ** 20, "runs": []}
@@ -192,7 +185,8 @@ def main(argv=None):
                     backends = args.backends.split(",") if dev.type == "cpu" else ["torch"]
                     k = None
                     for backend in backends:
-                        sec, peak, k_b = time_ours(depth, gap, n, dev, dtype, backend=backend)
+                        sec, peak, k_b = time_ours(depth, gap, n, dev, dtype, backend=backend,
+                                                     budget=args.budget)
                         k = k_b if k is None else k
                         row = _row(dev, dt_name, depth, gap, n, sec, peak, args.budget, item,
                                    bw, rate, backend)

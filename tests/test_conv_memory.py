@@ -9,24 +9,23 @@ import pytest
 CODE = r"""
 import json, sys, torch
 import ntkit as nk
-from ntkit.layers import conv_fused, conv_native, conv_state
+from ntkit.engine import KernelOptions
 
 def rss(tag):
     for line in open("/proc/self/status"):
         if line.startswith(tag):
             return int(line.split()[1]) * 1024
 mode, budget = sys.argv[1], int(sys.argv[2])
-conv_fused.set_fused(mode != "layerwise")
-conv_native.set_native(mode == "native")  # "torch": the fused pass in torch ops
-conv_state.set_memory_budget(budget)
+# "torch": the fused pass in torch ops
+opts = KernelOptions(fused=mode != "layerwise", native=mode == "native", memory_budget=budget)
 arch = nk.Sequential(nk.Conv2d(8, 3, W_std=1.4, b_std=0.1), nk.ReLU(),
                      nk.Conv2d(8, 3, W_std=1.4, b_std=0.1), nk.ReLU(),
                      nk.GlobalAvgPool2d(), nk.Linear(1))
 x = torch.randn(40, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-arch.kernel(x[:2])  # imports, library load, thread pools
+arch.kernel(x[:2], options=opts)  # imports, library load, thread pools
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS
 base = rss("VmRSS")
-k = arch.kernel(x)
+k = arch.kernel(x, options=opts)
 print(json.dumps({"growth": rss("VmHWM") - base, "finite": bool(torch.isfinite(k.ntk).all())}))
 """
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ntkit.engine import KernelOptions
 from ntkit.layers import conv_fused, conv_native
 
 pytestmark = pytest.mark.skipif(not conv_native.available(),
@@ -283,10 +284,6 @@ def test_fc_kernel_native_equals_torch_path():
                          torch.ones(120, 1, dtype=torch.float64),
                          torch.ones(1, 120, dtype=torch.float64))
     k_native = arch.kernel(x)
-    old = conv_native.set_native(False)
-    try:
-        k_torch = arch.kernel(x)
-    finally:
-        conv_native.set_native(old)
+    k_torch = arch.kernel(x, options=KernelOptions(native=False))
     torch.testing.assert_close(k_native.nngp, k_torch.nngp, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(k_native.ntk, k_torch.ntk, rtol=1e-13, atol=1e-15)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ntkit as nk
+from ntkit.engine import KernelOptions
 from ntkit.layers import conv_fused, conv_native
 from tests import conv_bruteforce as bf
 
@@ -72,11 +73,7 @@ def fused(request):
     the fused path in torch ops, and the layer-by-layer reference path."""
     if request.param == "native" and not conv_native.available():
         pytest.skip(f"native kernel unavailable: {conv_native.last_error()}")
-    old = conv_fused.set_fused(request.param != "layerwise")
-    old_native = conv_native.set_native(request.param == "native")
-    yield request.param != "layerwise"
-    conv_fused.set_fused(old)
-    conv_native.set_native(old_native)
+    return KernelOptions(fused=request.param != "layerwise", native=request.param == "native")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -84,22 +81,22 @@ def fused(request):
 def test_matches_bruteforce_float64(case, hw, fused):
     """Fast paths (fused and layer-by-layer, both regimes) = brute force to 1e-10, for x2 given
     and x2=None (one triangle + the once-per-input self pass)."""
-    rng = np.random.default_rng(hash((case, hw)) % 2 ** 32)
+    rng = np.random.default_rng([CASES.index(case), hw[0]])
     x1 = rng.standard_normal((3, 2) + hw)
     x2 = rng.standard_normal((2, 2) + hw)
     arch, spec = _arch_and_spec(case)
     ref_nngp, ref_ntk = bf.kernel_matrix(x1, x2, spec)
-    k = arch.kernel(x1, x2)
+    k = arch.kernel(x1, x2, options=fused)
     np.testing.assert_allclose(k.nngp.numpy(), ref_nngp, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(k.ntk.numpy(), ref_ntk, rtol=1e-10, atol=1e-14)
     ref_nngp, ref_ntk = bf.kernel_matrix(x1, x1, spec)
-    k = arch.kernel(x1, batch_size=2)
+    k = arch.kernel(x1, batch_size=2, options=fused)
     off = ~np.eye(3, dtype=bool)
     np.testing.assert_allclose(k.nngp.numpy(), ref_nngp, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(k.ntk.numpy()[off], ref_ntk[off], rtol=1e-10, atol=1e-14)
     # the diagonal: exact with the fused path's ±1 snapping of correlations; the layer-by-layer
     # ReLU sees ρ = v·(1/√v)² = 1 - O(ulp) there, i.e. θ ~ 1e-8
-    diag_tol = 1e-10 if (fused and case.startswith("same")) else 1e-7
+    diag_tol = 1e-10 if (fused.fused and case.startswith("same")) else 1e-7
     np.testing.assert_allclose(np.diag(k.ntk.numpy()), np.diag(ref_ntk), rtol=diag_tol)
 
 
@@ -223,14 +220,11 @@ def test_torch_fused_micro_batches_padding(monkeypatch):
     """The torch fused path in micro-batches of 4 pairs (as on CUDA, where the last batch is
     padded with zero factors): equals the brute-force reference."""
     monkeypatch.setitem(conv_fused._MICRO, "cpu", 4)
-    old = conv_native.set_native(False)
-    try:
-        arch, spec = _arch_and_spec("same-3x5-bias-gap")
-        rng = np.random.default_rng(11)
-        x1, x2 = rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((2, 2, 4, 4))
-        ref_nngp, ref_ntk = bf.kernel_matrix(x1, x2, spec)
-        k = arch.kernel(x1, x2)  # 6 pairs: batches of 4 and 2 (+2 padding)
-    finally:
-        conv_native.set_native(old)
+    arch, spec = _arch_and_spec("same-3x5-bias-gap")
+    rng = np.random.default_rng(11)
+    x1, x2 = rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((2, 2, 4, 4))
+    ref_nngp, ref_ntk = bf.kernel_matrix(x1, x2, spec)
+    # 6 entries and 5 pairs of inputs with themselves: batches of 4, 4 and 3 (+1 padding)
+    k = arch.kernel(x1, x2, options=KernelOptions(native=False))
     np.testing.assert_allclose(k.nngp.numpy(), ref_nngp, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(k.ntk.numpy(), ref_ntk, rtol=1e-10, atol=1e-14)

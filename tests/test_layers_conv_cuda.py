@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.layers import conv_fused
+from ntkit.engine import KernelOptions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 S2 = math.sqrt(2.0)
@@ -29,15 +29,11 @@ def _archs():
 def test_cuda_matches_cpu(name, compile_mode):
     arch = _archs()[name]
     x = torch.tensor(np.random.default_rng(0).standard_normal((5, 3, 8, 8)))
-    old = conv_fused.set_compile("off")
-    ref = arch.kernel(x[:3], x[3:])
-    ref_s = arch.kernel(x)
-    conv_fused.set_compile(compile_mode)
-    try:
-        got = arch.kernel(x[:3].cuda(), x[3:].cuda())
-        got_s = arch.kernel(x.cuda())
-    finally:
-        conv_fused.set_compile(old)
+    ref = arch.kernel(x[:3], x[3:], options=KernelOptions(compile="off"))
+    ref_s = arch.kernel(x, options=KernelOptions(compile="off"))
+    opts = KernelOptions(compile=compile_mode)
+    got = arch.kernel(x[:3].cuda(), x[3:].cuda(), options=opts)
+    got_s = arch.kernel(x.cuda(), options=opts)
     assert got.ntk.device.type == "cuda"
     off = ~np.eye(5, dtype=bool)
     for a, b in ((got, ref), (got_s, ref_s)):

@@ -12,53 +12,16 @@ import torch
 from ..kernels import Kernels
 from .common import Context
 
-#: rows per progress step: small enough that the bar moves, large enough to stay efficient
-_CHUNK = 256
-
-
 def compute_kernels(arch, x1: torch.Tensor, x2: Optional[torch.Tensor] = None,
                     get: Sequence[str] = ("nngp", "ntk"), batch_size: Optional[int] = None,
                     ctx: Optional[Context] = None, desc: str = "kernel") -> Kernels:
-    """``arch.kernel(x1, x2, get=get)`` computed in row chunks with a progress bar (entries
-    done). With ``x2=None`` only the lower triangle of chunks is computed and mirrored, as
-    ``arch.kernel`` itself does."""
+    """``arch.kernel(x1, x2, get=get)`` with a progress bar over the engine's tiles."""
     ctx = ctx or Context(quiet=True)
-    n1 = x1.shape[0]
-    if n1 <= _CHUNK:
-        return arch.kernel(x1, x2, get=tuple(get), batch_size=batch_size)
-    n2 = n1 if x2 is None else x2.shape[0]
-    total = n1 * (n1 + 1) // 2 if x2 is None else n1 * n2
-    out = {name: torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) for name in get}
-    has_ntk = True
-    with ctx.progress(total=total, desc=desc, unit="entry", unit_scale=True) as bar:
-        for i0 in range(0, n1, _CHUNK):
-            i1 = min(i0 + _CHUNK, n1)
-            if x2 is None:
-                diag = arch.kernel(x1[i0:i1], None, get=tuple(get), batch_size=batch_size)
-                parts = [(diag, i0, i1)]
-                if i0 > 0:
-                    parts.append((arch.kernel(x1[i0:i1], x1[:i0], get=tuple(get),
-                                              batch_size=batch_size), 0, i0))
-                for k, j0, j1 in parts:
-                    for name in get:
-                        value = getattr(k, name)
-                        if value is None:
-                            has_ntk = False
-                            continue
-                        out[name][i0:i1, j0:j1] = value
-                        if j0 != i0:
-                            out[name][j0:j1, i0:i1] = value.T
-                bar.update((i1 - i0) * i0 + (i1 - i0) * (i1 - i0 + 1) // 2)
-            else:
-                k = arch.kernel(x1[i0:i1], x2, get=tuple(get), batch_size=batch_size)
-                for name in get:
-                    value = getattr(k, name)
-                    if value is None:
-                        has_ntk = False
-                        continue
-                    out[name][i0:i1] = value
-                bar.update((i1 - i0) * n2)
-    return Kernels(nngp=out.get("nngp"), ntk=out.get("ntk") if has_ntk else None)
+    with ctx.progress(total=None, desc=desc, unit="tile") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+        return arch.kernel(x1, x2, get=tuple(get), batch_size=batch_size, progress=progress)
 
 
 def run_kernel(ctx: Context, arch, arch_text: str, data: str, out: Path, split: str,

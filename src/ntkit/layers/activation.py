@@ -51,12 +51,12 @@ class Activation(Layer):
         need_dot = state.ntk is not None
         nngp, dot, dist = self.pair_moments(state.cov, v1, v2, state.dist, need_dot)
         var1 = self.var_moment(state.var1)
-        var2 = var1 if state.var2 is state.var1 else self.var_moment(state.var2)
+        var2 = var1 if state.same_inputs else self.var_moment(state.var2)
         ntk = state.ntk.mul_(dot) if need_dot else None
         if state.dist is not None and dist is None:
             w1, w2 = state.replace(var1=var1, var2=var2).broadcast_vars()
             dist = (w1 + w2 - 2 * nngp).clamp_(min=0)
-        return state.replace(cov=nngp, var1=var1, var2=var2, ntk=ntk, dist=dist, is_input=False)
+        return state.replace(cov=nngp, var1=var1, var2=var2, ntk=ntk, dist=dist)
 
     def build(self, in_shape, generator) -> nn.Module:
         return ElementwiseModule(self.fn, repr(self))

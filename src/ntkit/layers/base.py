@@ -23,6 +23,9 @@ class Layer:
     #: True for layers whose kernel map is not smooth at equal inputs (ReLU family); their
     #: presence switches on the precise recomputation of nearly-equal input pairs.
     nonsmooth: bool = False
+    #: True for layers whose map needs pixel-pair covariances E[z(x)_p z(x')_p'] of image
+    #: states (pooling); the engine then keeps pixel pairs up to the readout.
+    needs_pixel_pairs: bool = False
     #: True for layers with parameters (their gradients enter the NTK unless trainable=False).
     has_params: bool = False
 

@@ -43,7 +43,8 @@ class Conv2d(Layer):
 
     Seed 001's CNTK: W_std = sqrt(c_σ) = sqrt(2) for ReLU, b_std=None, kernel_size=3,
     padding="same"; its fixed first/last layers are ``trainable=False``.
-    Per-position variances map with the same-position filter. ``out_channels`` only matters to
+    Per-position variances map with the same-position filter, and the squared distances
+    E[(z(x)_p - z(x')_p')²] of the precise path as W_std² C(D) (the bias cancels). ``out_channels`` only matters to
     ``init`` (and to the standard parameterization of the next layer).
     """
 
@@ -86,13 +87,27 @@ class Conv2d(Layer):
         cov = cov_u.mul_(w2).add_(b2)
         if trains and self.parameterization == "ntk":
             ntk = cov.clone() if ntk is None else ntk.add_(cov)
-        var1 = self._c(state.var1, "diag").mul_(w2).add_(b2) if state.var1 is not None else None
-        if state.var2 is state.var1:
-            var2 = var1
-        else:
-            var2 = self._c(state.var2, "diag").mul_(w2).add_(b2) if state.var2 is not None else None
-        return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=None,
-                             width=self.out_channels, is_input=False)
+        var1 = self._c(state.var1, "diag").mul_(w2).add_(b2)
+        var2 = var1 if state.same_inputs else self._c(state.var2, "diag").mul_(w2).add_(b2)
+        dist = None if state.dist is None else self._dist(state, cov, var1, var2, w2)
+        return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=dist,
+                             width=self.out_channels)
+
+    def _dist(self, state: KernelState, cov, var1, var2, w2: float) -> torch.Tensor:
+        """E[(z(x)_o - z(x')_o')²] after the layer: W_std² C(D) (the bias cancels) wherever
+        both windows see the same padding, i.e. everywhere but for "same" zero padding at
+        pixel pairs o ≠ o' (a zero-padded pixel against a real one is not a zero distance);
+        there Var'(x)[o] + Var'(x')[o'] - 2 Σ'[o, o'], which is not small anyway."""
+        dist = self._c(state.dist, state.spatial).mul_(w2)
+        if state.spatial != "full" or self.padding != "same":
+            return dist
+        tmp = state.replace(cov=cov, var1=var1, var2=var2)
+        v1, v2 = tmp.broadcast_vars()
+        m, h, w = dist.shape[0], dist.shape[1], dist.shape[2]
+        same_pos = dist.reshape(m, h * w, h * w).diagonal(dim1=1, dim2=2).clone()
+        dist = (v1 + v2 - 2 * cov).clamp_(min=0.0)
+        dist.reshape(m, h * w, h * w).diagonal(dim1=1, dim2=2).copy_(same_pos)
+        return dist
 
     def out_shape(self, in_shape) -> Tuple[int, int, int]:
         _, h, w = check_image_shape(in_shape, "Conv2d")

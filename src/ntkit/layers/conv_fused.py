@@ -15,7 +15,7 @@ implementation). The arrays are kept zero-padded by (q-1)/2 on every spatial axi
 "same" zero padding needs no masks: one pass per layer reads the q_h q_w shifted windows of
 (Σ, Θ), applies the activation and writes (Σ', Θ') into the interior of the other buffer of a
 ping-pong pair. Under ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on CUDA) this pass
-is one loop; without it (small problems, ``set_compile("off")``, NTKIT_COMPILE=0, or when
+is one loop; without it (small problems, ``KernelOptions(compile="off")``, NTKIT_COMPILE=0, or when
 compiling fails) the same function runs eagerly. On CPU the pass normally runs in C++
 instead (``conv_native``: the same math, one pair per call, the input covariance written
 straight into the padded buffer and a following GlobalAvgPool2d folded into the last layer). Pixel-pair states go through in fixed-size
@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import warnings
 from contextvars import ContextVar
 from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 
+from ..engine.options import KernelOptions
+from .image_state import materialize
 from .state import KernelState
 
 # asin(y)/y = P(y²) on y ∈ [0, 1/2]: least-squares fit on 200 Chebyshev nodes of z = y² ∈
@@ -112,34 +113,27 @@ def _step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tensor,
 
 
 # -- compile management -----------------------------------------------------------------------
-_mode = [os.environ.get("NTKIT_COMPILE", "auto").lower()]
+# Compiled steps are cached per (device, configuration); a device whose compiler failed once is
+# remembered and runs eagerly from then on. These are caches, not switches: what runs is chosen
+# by the KernelOptions passed down.
 _compiled: dict = {}
 _broken: set = set()
 # compile only when a call moves at least this many covariance entries (compiling takes
 # seconds; small problems are faster eagerly)
 _COMPILE_MIN_ENTRIES = 1 << 24
+# all compiled closures share one code object, hence one recompile budget: raised while ntkit's
+# own compiled steps run, never for the rest of the process
+_RECOMPILE_LIMIT = 64
 
 
-def set_compile(mode) -> str:
-    """Use torch.compile for the fused layers: "auto" (large problems), True/"on", False/"off".
-    Returns the previous mode. The environment variable NTKIT_COMPILE sets the default."""
-    old = _mode[0]
-    m = {True: "on", False: "off"}.get(mode, str(mode).lower())
-    if m not in ("auto", "on", "off", "1", "0"):
-        raise ValueError(f"compile mode must be 'auto', 'on' or 'off', got {mode!r}")
-    _mode[0] = {"1": "on", "0": "off"}.get(m, m)
-    return old
-
-
-def _step_fn(device: torch.device, entries: int, cfg: Tuple, has_pt: bool, has_ot: bool
-             ) -> Callable:
+def _step_fn(device: torch.device, entries: int, cfg: Tuple, has_pt: bool, has_ot: bool,
+             compile_mode: str) -> Callable:
     """The step to call: eager, or a compiled closure with the layer's constants baked in
     (one per configuration and shape; the full regime calls it on fixed-size micro-batches of
     pairs, so chunk sizes do not trigger recompiles)."""
-    mode = {"1": "on", "0": "off"}.get(_mode[0], _mode[0])
-    if mode == "off" or device.type in _broken:
+    if compile_mode == "off" or device.type in _broken:
         return _step
-    if mode == "auto" and entries < _COMPILE_MIN_ENTRIES:
+    if compile_mode == "auto" and entries < _COMPILE_MIN_ENTRIES:
         return _step  # small problems run eagerly
     key = (device.type, cfg, has_pt, has_ot)
     fn = _compiled.get(key)
@@ -147,11 +141,6 @@ def _step_fn(device: torch.device, entries: int, cfg: Tuple, has_pt: bool, has_o
         def closure(ps, pt, os_, ot, r1, r2, g1, g2):
             _step(ps, pt, os_, ot, r1, r2, g1, g2, cfg, True)
         try:
-            import torch._dynamo
-            # all closures share one code object, whose recompile budget they share
-            cfgmod = torch._dynamo.config
-            name = "recompile_limit" if hasattr(cfgmod, "recompile_limit") else "cache_size_limit"
-            setattr(cfgmod, name, max(getattr(cfgmod, name), 64))
             fn = torch.compile(closure, dynamic=False)
         except Exception as exc:  # pragma: no cover - compile unavailable
             warnings.warn(f"ntkit: torch.compile unavailable ({exc}); using eager kernels")
@@ -161,11 +150,19 @@ def _step_fn(device: torch.device, entries: int, cfg: Tuple, has_pt: bool, has_o
     return fn
 
 
+def _recompile_budget():
+    import torch._dynamo
+    cfgmod = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfgmod, "recompile_limit") else "cache_size_limit"
+    return cfgmod.patch(**{name: max(getattr(cfgmod, name), _RECOMPILE_LIMIT)})
+
+
 def _call(fn, ps, pt, os_, ot, r1, r2, g1, g2, cfg) -> None:
     if fn is _step:
         return _step(ps, pt, os_, ot, r1, r2, g1, g2, cfg)
     try:
-        return fn(ps, pt, os_, ot, r1, r2, g1, g2)
+        with _recompile_budget():
+            return fn(ps, pt, os_, ot, r1, r2, g1, g2)
     except Exception as exc:  # pragma: no cover - compiler missing at run time
         warnings.warn(f"ntkit: torch.compile failed ({type(exc).__name__}: {exc}); "
                       f"falling back to eager kernels")
@@ -203,16 +200,6 @@ def _zero_buffers(like: torch.Tensor, shape, count: int, tag: str):
 
 
 # -- detection and driver ---------------------------------------------------------------------
-_fuse = [True]
-
-
-def set_fused(enabled: bool) -> bool:
-    """Switch the fused path on/off (off: layer-by-layer maps, the reference path)."""
-    old = _fuse[0]
-    _fuse[0] = bool(enabled)
-    return old
-
-
 def _fusable_conv(layer) -> bool:
     from .conv import Conv2d
     return (isinstance(layer, Conv2d) and layer.stride == (1, 1) and layer.padding == "same"
@@ -220,29 +207,24 @@ def _fusable_conv(layer) -> bool:
             and layer.parameterization == "ntk")
 
 
-def fused_prefix(layers, state: KernelState):
-    """(number of leading layers run fused, runner) for a state at the input; (0, None) if the
-    chain does not start with [Conv2d, ABReLU] pairs that qualify (see module doc)."""
+def fused_length(layers, state: KernelState, options: KernelOptions) -> int:
+    """How many leading layers (whole [Conv2d, ABReLU] pairs, see the module doc) run fused on
+    this input state; 0 when the chain does not qualify or ``options.fused`` is off."""
     from .relu import ABReLU
-    if not _fuse[0]:
-        return 0, None
-    if not state.is_input or state.spatial not in ("diag", "full") or state.ntk is not None:
-        return 0, None
+    if not options.fused or state.spatial not in ("diag", "full") or state.ntk is not None:
+        return 0
     dtype = state.cov.dtype if state.cov is not None else state.images[0].dtype
     if dtype not in (torch.float32, torch.float64):
-        return 0, None
+        return 0
     if state.spatial == "full" and state.layout != "paired":
-        return 0, None
+        return 0
     n = 0
     while (n + 1 < len(layers) and _fusable_conv(layers[n]) and isinstance(layers[n + 1], ABReLU)
            and type(layers[n + 1]).pair_moments is ABReLU.pair_moments):
         if n and layers[n].kernel_size != layers[0].kernel_size:
             break
         n += 2
-    if n == 0:
-        return 0, None
-    pairs = layers[:n]
-    return n, lambda st, gap=False: run_fused(pairs, st, gap)
+    return n
 
 
 def _padded_shape(shape, ph: int, pw: int, full: bool):
@@ -285,14 +267,21 @@ def _rg(v: torch.Tensor):
 _MICRO = {"cpu": 1, "cuda": 16}
 
 
-def _use_native(dev: torch.device, dtype: torch.dtype) -> bool:
-    if dev.type != "cpu" or dtype not in (torch.float32, torch.float64):
+def _use_native(dev: torch.device, dtype: torch.dtype, options: KernelOptions) -> bool:
+    if not options.native or dev.type != "cpu" or dtype not in (torch.float32, torch.float64):
         return False
     from . import conv_native
     return conv_native.available()
 
 
-def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
+def writes_input_in_place(dev: torch.device, dtype: torch.dtype, options: KernelOptions) -> bool:
+    """True when the fused pass writes each pair's input covariance straight into its padded
+    buffer (the native kernel); otherwise pixel-pair inputs are materialized, (m, H, W, H, W)."""
+    return _use_native(dev, dtype, options)
+
+
+def run_fused(pairs, state: KernelState, options: KernelOptions, gap: bool = False
+              ) -> KernelState:
     """Apply [Conv2d, ABReLU] * L to an input state in one pass per layer (module doc).
 
     On CPU the pass is ``conv_native``'s C++ kernel when it can be built; otherwise (and on
@@ -307,16 +296,15 @@ def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
     images = state.images if state.cov is None else None
     ref = state.cov if images is None else images[0]
     dev = ref.device
-    native = _use_native(dev, ref.dtype)
+    native = _use_native(dev, ref.dtype, options)
     if images is not None and not (native and full):
-        from .conv_state import materialize_input
-        state = materialize_input(state)
+        state = materialize(state)
         images = None
     cov = state.cov
     if images is not None:  # a stand-in with the covariance's shape (never materialized)
         m_, _, h_, w_ = images[0].shape
         cov = images[0].new_zeros((1, 1, 1, 1, 1)).expand(m_, h_, w_, h_, w_)
-    same_vars = state.var2 is state.var1
+    same_vars = state.same_inputs
     lvars, v1_out, v2_out = _layer_vars(pairs, state.var1, state.var2, same_vars)
     track = state.track_ntk
     trains = [pairs[li].trainable and track for li in range(0, len(pairs), 2)]
@@ -383,7 +371,7 @@ def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
                     r1, g1, r2, g2 = r1[:, None], g1[:, None], r2[None], g2[None]
                 cfg = (kh, kw, w2, b2, bool(trains[layer_i]), float(half_sum), float(diff2),
                        full)
-                fn = _step_fn(dev, entries, cfg, has_t, writes_t)
+                fn = _step_fn(dev, entries, cfg, has_t, writes_t, options.compile)
                 _call(fn, buf_s[0], buf_t[0] if has_t else None, buf_s[1],
                       buf_t[1] if writes_t else None, r1, r2, g1, g2, cfg)
             buf_s.reverse()
@@ -409,12 +397,14 @@ def run_fused(pairs, state: KernelState, gap: bool = False) -> KernelState:
         if _pool.get() is not None:  # the buffers are reused by the next block
             out_cov = out_cov.clone()
             out_ntk = out_ntk.clone() if out_ntk is not None else None
-    if gap:  # GlobalAvgPool2d.apply on the pooled values
-        return state.replace(cov=out_cov, ntk=out_ntk, var1=None, var2=None, dist=None,
-                             width=pairs[-2].out_channels, spatial="none", is_input=False,
-                             images=None)
+    if gap:  # GlobalAvgPool2d.apply on the pooled values, variances included
+        own1, own2 = state.own_covariances(out_cov)
+        var1 = own1.clone()
+        var2 = var1 if state.same_inputs else own2.clone()
+        return state.replace(cov=out_cov, ntk=out_ntk, var1=var1, var2=var2, dist=None,
+                             width=pairs[-2].out_channels, spatial="none", images=None)
     return state.replace(cov=out_cov, ntk=out_ntk, var1=v1_out, var2=v2_out, dist=None,
-                         width=pairs[-2].out_channels, is_input=False, images=None)
+                         width=pairs[-2].out_channels, images=None)
 
 
 def _native_layer(buf_s, buf_t, has_t, writes_t, rg, state, full, sl, kh, kw, w2, b2,

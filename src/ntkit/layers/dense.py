@@ -46,9 +46,9 @@ class Linear(Layer):
         self.trainable = bool(trainable)
 
     def apply(self, state: KernelState) -> KernelState:
-        if state.spatial not in ("none",) and state.layout != "paired":
-            from .conv_state import check_dense_after_spatial
-            check_dense_after_spatial(state)
+        if state.spatial != "none":
+            raise ValueError("Linear after an image-shaped (N, C, H, W) layer: add Flatten() (or "
+                             "GlobalAvgPool2d()) before the Linear layer")
         w2 = self.W_std ** 2
         b2 = 0.0 if self.b_std is None else self.b_std ** 2
         trains = self.trainable and state.track_ntk
@@ -61,7 +61,7 @@ class Linear(Layer):
             ntk = own if ntk is None else own.add_(ntk, alpha=w2)
         cov = _affine_(state.cov, w2, b2)
         var1 = _affine_(state.var1, w2, b2)
-        var2 = var1 if state.var2 is state.var1 else _affine_(state.var2, w2, b2)
+        var2 = var1 if state.same_inputs else _affine_(state.var2, w2, b2)
         if trains and self.parameterization == "ntk":
             # Θ' = W_std² Θ + Σ' in one pass
             ntk = cov.clone() if ntk is None else torch.add(cov, ntk, alpha=w2, out=ntk)
@@ -69,7 +69,7 @@ class Linear(Layer):
             ntk.mul_(w2)
         dist = None if state.dist is None else state.dist.mul_(w2)
         return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=dist,
-                             width=self.out_features, is_input=False)
+                             width=self.out_features)
 
     def out_shape(self, in_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         if len(in_shape) != 1:

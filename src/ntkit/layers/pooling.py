@@ -8,9 +8,10 @@ identical to neural-tangents' ``stax.AvgPool`` / ``GlobalAvgPool`` / ``Flatten``
     Flatten:                         Σ' = 1/(HW) Σ_p Σ[p, p]                (flat output)
 
 and the same for Θ. Flatten divides by H·W because the next Linear normalizes by its fan-in
-C·H·W. The pooling layers need pixel-pair covariances (the "full" regime); their per-input
-variances after pooling are read from the self-covariances that ``Sequential.kernel``
-computes once per input (``conv_state``).
+C·H·W. The pooling layers need pixel-pair covariances (the "full" regime, declared by
+``needs_pixel_pairs``); the variances of their outputs are the pooled covariances of each
+input with itself (``KernelState.own_covariances``): Var'[o] = Σ'_xx[o, o] for AvgPool2d,
+Var' = Σ'_xx for GlobalAvgPool2d.
 """
 from __future__ import annotations
 
@@ -47,14 +48,17 @@ class AvgPool2d(Layer):
         self.stride = self.kernel_size if stride is None else as_pair(stride, "AvgPool2d: stride")
         self.padding = check_padding(padding)
 
+    needs_pixel_pairs = True
+
     def apply(self, state: KernelState) -> KernelState:
         _need_full(state, "AvgPool2d")
         cov = pool_map(state.cov, self.kernel_size, self.stride, self.padding)
         ntk = None if state.ntk is None else pool_map(state.ntk, self.kernel_size, self.stride,
                                                         self.padding)
-        # per-position variances after pooling need each input's full self-covariance: the
-        # caller (conv_state.spatial_kernel) fills them in from its once-per-input pass.
-        return state.replace(cov=cov, ntk=ntk, var1=None, var2=None, dist=None, is_input=False)
+        own1, own2 = state.own_covariances(cov)
+        var1 = full_diagonal(own1)
+        var2 = var1 if state.same_inputs else full_diagonal(own2)
+        return state.replace(cov=cov, ntk=ntk, var1=var1, var2=var2, dist=None)
 
     def out_shape(self, in_shape) -> Tuple[int, int, int]:
         c, h, w = check_image_shape(in_shape, "AvgPool2d")
@@ -70,12 +74,16 @@ class AvgPool2d(Layer):
 class GlobalAvgPool2d(Layer):
     """Global average pooling: (N, C, H, W) -> (N, C), the CNTK-GAP readout."""
 
+    needs_pixel_pairs = True
+
     def apply(self, state: KernelState) -> KernelState:
         _need_full(state, "GlobalAvgPool2d")
         cov = state.cov.mean(dim=(-4, -3, -2, -1))
         ntk = None if state.ntk is None else state.ntk.mean(dim=(-4, -3, -2, -1))
-        return state.replace(cov=cov, ntk=ntk, var1=None, var2=None, dist=None,
-                             spatial="none", is_input=False)
+        own1, own2 = state.own_covariances(cov)
+        var1 = own1.clone()
+        var2 = var1 if state.same_inputs else own2.clone()
+        return state.replace(cov=cov, ntk=ntk, var1=var1, var2=var2, dist=None, spatial="none")
 
     def out_shape(self, in_shape) -> Tuple[int]:
         c, _, _ = check_image_shape(in_shape, "GlobalAvgPool2d")
@@ -104,9 +112,9 @@ class Flatten(Layer):
             ntk = None if state.ntk is None else full_diagonal(state.ntk).mean(dim=(-2, -1))
         h, w = state.var1.shape[-2:]
         var1 = state.var1.mean(dim=(-2, -1))
-        var2 = var1 if state.var2 is state.var1 else state.var2.mean(dim=(-2, -1))
+        var2 = var1 if state.same_inputs else state.var2.mean(dim=(-2, -1))
         return state.replace(cov=cov, ntk=ntk, var1=var1, var2=var2, dist=None, spatial="none",
-                             width=state.width * h * w, is_input=False)
+                             width=state.width * h * w)
 
     def out_shape(self, in_shape) -> Tuple[int]:
         n = 1

@@ -96,6 +96,10 @@ class ABReLU(Activation):
                                            torch.sqrt(a2), half_sum, diff2, need_dot)
             return cov, dot, None
         rho = torch.mul(cov, r1).mul_(r2).clamp_(-1.0, 1.0)
+        # within 4 ulps of ±1 is ±1: rounding alone puts an input against itself that far
+        # (as in the fused paths, conv_fused)
+        eps4 = 4.0 * torch.finfo(rho.dtype).eps
+        rho = torch.where(rho.abs() > 1.0 - eps4, torch.sign(rho), rho)
         theta = torch.acos(rho)
         # S(θ) = sin θ - θ cos θ, scaled by sqrt(v1 v2) (a rank-one factor) and (a-b)²/2π
         s = torch.sin(theta).addcmul_(theta, rho, value=-1.0)

@@ -3,20 +3,37 @@
 One state describes the joint Gaussian law of a layer's pre- or post-activations on two
 batches of inputs x1 (n1 of them) and x2 (n2 of them), in the infinite-width limit:
 
-* ``cov``   E[z(x) z(x')] for every pair, shape (n1, n2) + spatial (the NNGP so far);
-* ``var1``  E[z(x)^2] for x in x1, shape (n1,) + spatial_var; ``var2`` the same for x2;
+* ``cov``   E[z(x) z(x')] for every pair, shape (n1, n2) + S (the NNGP so far);
+* ``var1``  E[z(x)^2] for x in x1, shape (n1,) + P; ``var2`` the same for x2;
 * ``ntk``   the tangent kernel accumulated so far (same shape as ``cov``), or None while no
             trainable parameter has been seen (it is then identically zero);
 * ``dist``  optional E[(z(x) - z(x'))^2], same shape as ``cov``. Carried only by the precise
             pairwise layout, where it keeps the angle between nearly equal inputs exact (the
             naive arccos of a correlation near 1 loses half the digits);
 * ``width`` the channel count of the finite network at this point (only the standard
-            parameterization's NTK depends on it, exactly as in neural-tangents).
+            parameterization's NTK depends on it, exactly as in neural-tangents);
+* ``same_inputs`` True when x2 is x1 (layout "dense": cov is symmetric and var2 holds the same
+            values as var1, so layers map the variances once), or when every pair of a
+            "paired" state is an input with itself.
 
 Layouts (``layout``):
-* ``"dense"``  cov (n1, n2), var1 (n1,), var2 (n2,): all pairs of x1 x x2;
-* ``"paired"`` cov (m,), var1 (m,), var2 (m,): m selected pairs (x1[i_k], x2[j_k]).
-Convolutional layouts add spatial axes (see ``ntkit.layers.conv``).
+* ``"dense"``  cov (n1, n2) + S, var1 (n1,) + P, var2 (n2,) + P: all pairs of x1 x x2;
+* ``"paired"`` cov (m,) + S, var1/var2 (m,) + P: m selected pairs (x1[i_k], x2[j_k]).
+
+Spatial regimes (``spatial``), for images (N, C, H, W):
+* ``"none"``  flat inputs: S = P = ();
+* ``"diag"``  same-position covariances E[z(x)_p z(x')_p]: S = P = (H, W);
+* ``"full"``  pixel pairs E[z(x)_p z(x')_p']: S = (H, W, H, W), P = (H, W).
+
+Layers that pool pixels need each input's own pixel-pair covariance to produce the variances
+of their outputs. A "paired" pixel-pair state therefore contains, among its m pairs, the pair
+of every input with itself: ``self_index1[k]`` is the row of this state holding (x1[i_k],
+x1[i_k]), ``self_index2[k]`` the row holding (x2[j_k], x2[j_k]). Pooling reads them there, so
+every layer maps a whole state to a whole state.
+
+A pixel-pair input state may defer its covariance: ``cov`` is None and ``images`` = (a, b),
+(m, C, H, W) each, until ``image_state.materialize`` computes it (the fused native pass writes
+it straight into its padded buffers instead).
 """
 from __future__ import annotations
 
@@ -28,7 +45,7 @@ import torch
 
 @dataclass
 class KernelState:
-    cov: torch.Tensor
+    cov: Optional[torch.Tensor]
     var1: torch.Tensor
     var2: torch.Tensor
     ntk: Optional[torch.Tensor]
@@ -36,15 +53,11 @@ class KernelState:
     dist: Optional[torch.Tensor] = None
     layout: str = "dense"
     spatial: str = "none"
-    # True while the state still describes raw inputs (no layer applied yet).
-    is_input: bool = True
-    # True when the state is for x1 against itself (var2 is var1, cov symmetric).
-    symmetric: bool = False
-    # False when the caller asked for the NNGP only: layers then never start an NTK.
+    same_inputs: bool = False
+    self_index1: Optional[torch.Tensor] = None
+    self_index2: Optional[torch.Tensor] = None
+    #: False when the caller asked for the NNGP only: layers then never start an NTK.
     track_ntk: bool = True
-    # Pixel-pair input states of image pairs may defer their covariance: cov is None and
-    # images = (a, b), (m, C, H, W) each, until ``conv_state.materialize_input`` computes it
-    # (the fused native path writes it straight into its padded buffers instead).
     images: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def replace(self, **changes) -> "KernelState":
@@ -52,12 +65,33 @@ class KernelState:
 
     def broadcast_vars(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """var1 and var2 reshaped so that they broadcast against ``cov`` entry by entry."""
-        if self.spatial != "none":
-            from .conv_state import broadcast_spatial_vars  # convolutional layouts
-            return broadcast_spatial_vars(self)
-        if self.layout == "paired":
-            return self.var1, self.var2
-        return self.var1[:, None], self.var2[None, :]
+        v1, v2 = self.var1, self.var2
+        paired = self.layout == "paired"
+        if self.spatial in ("none", "diag"):
+            return (v1, v2) if paired else (v1[:, None], v2[None, :])
+        if self.spatial == "full":
+            if paired:
+                return v1[:, :, :, None, None], v2[:, None, None, :, :]
+            return v1[:, None, :, :, None, None], v2[None, :, None, None, :, :]
+        raise ValueError(f"unknown spatial regime {self.spatial!r}")
+
+    def own_covariances(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Each pair's inputs' own entries of ``t`` (a tensor shaped like ``cov``): for pair k,
+        t at (x1[i_k], x1[i_k]) and at (x2[j_k], x2[j_k]), each (m,) + S (paired layout), or
+        (n,) + S for a dense state of x against itself. Pooling layers derive the variances
+        of their outputs from these."""
+        if self.layout == "paired" and self.self_index1 is not None:
+            return t[self.self_index1], t[self.self_index2]
+        if self.layout == "paired" and self.same_inputs:
+            return t, t
+        if self.layout == "dense" and self.same_inputs:
+            own = torch.diagonal(t, 0, 0, 1)
+            own = own.permute((own.dim() - 1,) + tuple(range(own.dim() - 1)))
+            return own, own
+        raise ValueError(
+            "pooling needs each input's own pixel-pair covariance: apply it to a state of "
+            "inputs against themselves, or to pairs that include each input's pair with "
+            "itself (self_index1/self_index2), as Sequential.kernel builds them")
 
 
 def dense_input_state(x1: torch.Tensor, x2: Optional[torch.Tensor]) -> KernelState:
@@ -70,7 +104,8 @@ def dense_input_state(x1: torch.Tensor, x2: Optional[torch.Tensor]) -> KernelSta
     var1 = (x1 * x1).sum(1) / d
     if x2 is None:
         cov = x1 @ x1.T / d
-        return KernelState(cov=cov, var1=var1, var2=var1, ntk=None, width=d, symmetric=True)
+        return KernelState(cov=cov, var1=var1, var2=var1, ntk=None, width=d,
+                           same_inputs=True)
     var2 = (x2 * x2).sum(1) / d
     cov = x1 @ x2.T / d
     return KernelState(cov=cov, var1=var1, var2=var2, ntk=None, width=d)

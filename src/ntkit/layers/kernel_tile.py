@@ -1,0 +1,280 @@
+"""One tile of an architecture's NNGP/NTK matrices: the tile function of the kernel engine.
+
+``kernel_tile(arch, a, b, options, want_ntk=...)`` maps the tile's rows of x1 (``a``) and columns
+of x2 (``b``, None for a diagonal tile of x1 against itself) to {"nngp": (ra, rb), "ntk":
+(ra, rb)}. It depends on nothing but its arguments. The regime follows from what the layers
+declare, never from their classes:
+
+* flat inputs (n, d): a dense state of the tile; for architectures with a layer that is not
+  smooth at equal inputs (``nonsmooth``: the ReLU family), pairs whose input correlation
+  exceeds 1 - tol are recomputed on the precise float64 path that carries E[(u - v)²];
+* images, no layer before the readout ``needs_pixel_pairs``: same-position covariances
+  (O(H·W) per pair and layer), a dense state of the tile;
+* images otherwise: pixel pairs (O((H·W)²) per pair and layer): a paired state of the tile's
+  entries plus each input's pair with itself (which pooling reads its variances from, and
+  which gives the diagonal of a diagonal tile).
+
+The readout is the first layer whose output is flat (``out_shape`` of rank 1). Leading
+[Conv2d, ReLU-family] chains run as one fused pass per layer (``conv_fused``), a
+GlobalAvgPool2d right after them folded into the last pass.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..engine.options import KernelOptions
+from .conv_fused import fused_length, reuse_buffers, run_fused, writes_input_in_place
+from .image_state import (check_images, materialize, pixel_pair_plan, pixel_pair_state,
+                          precise_image_state, same_position_state)
+from .state import KernelState, paired_input_state
+
+# Pairs whose input correlation exceeds 1 - tol are recomputed on the precise (distance-carrying)
+# float64 path: there the arccos of the correlation would lose digits (see ntkit.layers.relu).
+NEAR_TOL = {torch.float32: 1e-2, torch.float64: 1e-5}
+FLAT_TILE = 512
+# Full-size tensors per pair that may be live at once on the layer-by-layer path (cov, ntk,
+# padded copies, activation temporaries, allocator slack): measured peak growth ~19 per pair
+# (tests/test_conv_memory.py).
+EAGER_TENSORS_PER_PAIR = 20
+# largest tile side for pixel pairs when the fused pass reduces them to scalars (GAP readout)
+PIXEL_PAIR_TILE_MAX = 64
+
+
+def readout_index(layers: Sequence, in_shape: Tuple[int, ...]) -> int:
+    """Index of the first layer with a flat output (the readout), from the shapes alone."""
+    shape = tuple(in_shape)
+    for k, layer in enumerate(layers):
+        shape = layer.out_shape(shape)
+        if len(shape) == 1:
+            return k
+    raise ValueError("the architecture ends with an image-shaped output: add Flatten() or "
+                     "GlobalAvgPool2d() (and usually a Linear readout) to get a kernel")
+
+
+def regime(arch, in_shape: Tuple[int, ...]) -> str:
+    """"flat", "same_position" or "pixel_pairs" for inputs of per-example shape ``in_shape``."""
+    if len(in_shape) == 1:
+        return "flat"
+    layers = list(arch.layers)
+    r = readout_index(layers, in_shape)
+    if any(getattr(layer, "needs_pixel_pairs", False) for layer in layers[:r + 1]):
+        return "pixel_pairs"
+    return "same_position"
+
+
+def _fold_gap(layers, n_fused: int, state: KernelState) -> bool:
+    """A GlobalAvgPool2d (a pooling layer to a flat output that needs pixel pairs) right after
+    the fused prefix is folded into its last pass."""
+    from .pooling import GlobalAvgPool2d
+    return (state.spatial == "full" and 0 < n_fused < len(layers)
+            and type(layers[n_fused]) is GlobalAvgPool2d)
+
+
+def run_layers(layers: Sequence, state: KernelState, options: KernelOptions) -> KernelState:
+    """Apply ``layers`` to an input state: a qualifying leading chain fused, the rest one by one."""
+    k = fused_length(layers, state, options)
+    if k:
+        gap = _fold_gap(layers, k, state)
+        state = run_fused(layers[:k], state, options, gap)
+        k += 1 if gap else 0
+    else:
+        state = materialize(state)
+    for layer in layers[k:]:
+        state = layer.apply(state)
+    return state
+
+
+def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
+    """Rows (= columns) of a tile: ``options.tile_size`` if set, else from the memory budget."""
+    if options.tile_size:
+        return int(options.tile_size)
+    kind = regime(arch, tuple(x.shape[1:]))
+    if kind == "flat":
+        return FLAT_TILE
+    h, w = x.shape[-2:]
+    if kind == "same_position":
+        per_pair = h * w * x.element_size() * EAGER_TENSORS_PER_PAIR
+        return max(1, min(1024, int(math.sqrt(options.memory_budget / per_pair))))
+    layers = list(arch.layers)
+    probe = KernelState(cov=None, var1=x[:1, 0], var2=x[:1, 0], ntk=None, width=1,
+                        layout="paired", spatial="full", images=(x[:1], x[:1]))
+    n_fused = fused_length(layers, probe, options)
+    if _fold_gap(layers, n_fused, probe):  # pairs reduce to scalars: the inputs dominate
+        per_pair = 4 * x[0].numel() * x.element_size()
+        if not writes_input_in_place(x.device, x.dtype, options):
+            per_pair += 2 * (h * w) ** 2 * x.element_size()  # the input covariance, stored
+        cap = PIXEL_PAIR_TILE_MAX
+    else:
+        per_pair = (h * w) ** 2 * x.element_size() * EAGER_TENSORS_PER_PAIR
+        cap = 1024
+    pairs = max(1, options.memory_budget // per_pair)
+    # r x r entries plus 2r pairs of inputs with themselves
+    side = int(math.sqrt(pairs + 1)) - 1
+    return max(1, min(cap, side))
+
+
+def kernel_tile(arch, a: torch.Tensor, b: Optional[torch.Tensor], options: KernelOptions, *,
+                want_ntk: bool = True) -> Dict[str, torch.Tensor]:
+    """{"nngp", "ntk"} (ra, rb) of ``arch`` on a (ra, ...) against b (rb, ...) (b=None: a
+    against itself); see the module doc. The NTK is zeros when nothing is trainable."""
+    kind = regime(arch, tuple(a.shape[1:]))
+    if kind == "flat":
+        cov, ntk = _flat_tile(arch, a, b, want_ntk)
+    else:
+        check_images(a, "x1")
+        with reuse_buffers():
+            if kind == "same_position":
+                cov, ntk = _same_position_tile(arch, a, b, want_ntk, options)
+            else:
+                cov, ntk = _pixel_pair_tile(arch, a, b, want_ntk, options)
+        if arch.nonsmooth:
+            _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options)
+    out = {"nngp": cov}
+    if want_ntk:
+        out["ntk"] = torch.zeros_like(cov) if ntk is None else ntk
+    return out
+
+
+# -- flat inputs --------------------------------------------------------------------------------
+def _flat_tile(arch, a, b, want_ntk):
+    d = a.shape[1]
+    same = b is None
+    sa = a * (d ** -0.5)
+    va = (sa * sa).sum(1)
+    sb, vb = (sa, va) if same else (b * (d ** -0.5), None)
+    if not same:
+        vb = (sb * sb).sum(1)
+    cov = sa @ sb.T
+    near = None
+    if arch.nonsmooth:
+        tol = NEAR_TOL.get(a.dtype, 1e-2)
+        r1 = torch.where(va > 0, torch.rsqrt(va), torch.zeros_like(va))
+        r2 = r1 if same else torch.where(vb > 0, torch.rsqrt(vb), torch.zeros_like(vb))
+        near = torch.mul(cov, r1[:, None]).mul_(r2[None, :]) > 1.0 - tol
+        if same:
+            near = torch.triu(near)
+    var1 = va.clone()
+    state = KernelState(cov=cov, var1=var1, var2=var1 if same else vb.clone(), ntk=None,
+                        width=d, same_inputs=same, track_ntk=want_ntk)
+    out = arch.apply(state)
+    nngp, ntk = out.cov, out.ntk
+    if want_ntk and ntk is None:
+        ntk = torch.zeros_like(nngp)
+    if near is not None:
+        ii, jj = torch.nonzero(near, as_tuple=True)
+        if ii.numel():
+            _refine_pairs(arch, a, a if same else b, ii, jj, nngp, ntk if want_ntk else None,
+                          same, va)
+    return nngp, ntk
+
+
+def _refine_pairs(arch, x1, x2, ii, jj, nngp, ntk, symmetric: bool, var1) -> None:
+    """Recompute the selected pairs on the precise path, in float64, and write them back.
+
+    A pair of an input with itself (the diagonal when x2 is x1) needs no input rows: its
+    distance is exactly 0 and its covariance is the input's variance ``var1``.
+    """
+    self_pair = (ii == jj) if symmetric else torch.zeros_like(ii, dtype=torch.bool)
+    if bool(self_pair.any()):
+        idx = ii[self_pair]
+        v = var1[idx].double()
+        state = KernelState(cov=v.clone(), var1=v, var2=v, ntk=None, width=x1.shape[1],
+                            dist=torch.zeros_like(v), layout="paired", same_inputs=True,
+                            track_ntk=ntk is not None)
+        _write_pairs(arch.apply(state), idx, idx, nngp, ntk, symmetric=False)
+        ii, jj = ii[~self_pair], jj[~self_pair]
+    chunk = 1 << 14
+    for s in range(0, ii.numel(), chunk):
+        i, j = ii[s:s + chunk], jj[s:s + chunk]
+        state = paired_input_state(x1[i].double(), x2[j].double())
+        state.track_ntk = ntk is not None
+        _write_pairs(arch.apply(state), i, j, nngp, ntk, symmetric)
+
+
+def _write_pairs(out: KernelState, i, j, nngp, ntk, symmetric: bool) -> None:
+    values = out.cov.to(nngp.dtype)
+    nngp[i, j] = values
+    if symmetric:
+        nngp[j, i] = values
+    if ntk is not None:
+        t = torch.zeros_like(values) if out.ntk is None else out.ntk.to(ntk.dtype)
+        ntk[i, j] = t
+        if symmetric:
+            ntk[j, i] = t
+
+
+# -- images -------------------------------------------------------------------------------------
+def _near_image_pairs(a: torch.Tensor, b: Optional[torch.Tensor]):
+    """Entries (i, j) of a tile whose images are nearly equal: cosine of the flattened images
+    above 1 - NEAR_TOL (strict upper triangle for a diagonal tile: the diagonal itself is an
+    input with itself, exact on every path)."""
+    fa = a.reshape(a.shape[0], -1)
+    fb = fa if b is None else b.reshape(b.shape[0], -1)
+    na, nb = fa.norm(dim=1), fb.norm(dim=1)
+    ra = torch.where(na > 0, 1 / na, torch.zeros_like(na))
+    rb = ra if b is None else torch.where(nb > 0, 1 / nb, torch.zeros_like(nb))
+    near = (fa @ fb.T).mul_(ra[:, None]).mul_(rb[None, :]) > 1.0 - NEAR_TOL.get(a.dtype, 1e-2)
+    if b is None:
+        near = torch.triu(near, diagonal=1)
+    return torch.nonzero(near, as_tuple=True)
+
+
+def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options) -> None:
+    """Recompute the tile's entries of nearly equal images in float64, layer by layer, with
+    the squared distances carried (``image_state.precise_image_state``), and write them back."""
+    ii, jj = _near_image_pairs(a, b)
+    if not ii.numel():
+        return
+    other = a if b is None else b
+    precise = options.replace(fused=False)
+    chunk = 8
+    for s in range(0, ii.numel(), chunk):
+        i, j = ii[s:s + chunk], jj[s:s + chunk]
+        k = i.numel()
+        state = precise_image_state(a[i].double(), other[j].double(),
+                                    "diag" if kind == "same_position" else "full")
+        state.track_ntk = want_ntk
+        out = run_layers(list(arch.layers), state, precise)
+        first = 0 if kind == "same_position" else 2 * k
+        cov[i, j] = out.cov[first:first + k].to(cov.dtype)
+        if ntk is not None and out.ntk is not None:
+            ntk[i, j] = out.ntk[first:first + k].to(ntk.dtype)
+        if b is None:
+            cov[j, i] = cov[i, j]
+            if ntk is not None:
+                ntk[j, i] = ntk[i, j]
+
+
+def _same_position_tile(arch, a, b, want_ntk, options):
+    state = same_position_state(a, b)
+    state.track_ntk = want_ntk
+    out = run_layers(list(arch.layers), state, options)
+    return out.cov, out.ntk
+
+
+def _pixel_pair_tile(arch, a, b, want_ntk, options):
+    na = a.shape[0]
+    nb = None if b is None else b.shape[0]
+    pool = a if b is None else torch.cat([a, b])
+    left, right, s1, s2, ii, jj, first = pixel_pair_plan(na, nb, a.device)
+    state = pixel_pair_state(pool, left, right, s1, s2)
+    state.track_ntk = want_ntk
+    out = run_layers(list(arch.layers), state, options)
+    rows, cols = na, (na if nb is None else nb)
+    nngp = out.cov.new_empty((rows, cols))
+    ntk = None if out.ntk is None else out.ntk.new_empty((rows, cols))
+    cross = slice(first, None)
+    nngp[ii, jj] = out.cov[cross]
+    if ntk is not None:
+        ntk[ii, jj] = out.ntk[cross]
+    if nb is None:  # the diagonal and the mirrored lower triangle
+        idx = torch.arange(na, device=a.device)
+        nngp[idx, idx] = out.cov[:na]
+        nngp[jj, ii] = out.cov[cross]
+        if ntk is not None:
+            ntk[idx, idx] = out.ntk[:na]
+            ntk[jj, ii] = out.ntk[cross]
+    return nngp, ntk
