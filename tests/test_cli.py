@@ -2,7 +2,7 @@
 variations of the same paths run in-process through ``ntkit.cli.main`` (``run_main(...)``),
 since every subprocess pays the import of torch and scikit-learn.
 
-References: kernels against the numpy arc-cosine closed form (tests/test_archspec.py), the exit
+References: kernels against the numpy arc-cosine closed form (tests/test_commands_archspec.py), the exit
 codes and messages documented in ntkit.cli, and scikit-learn's digits for the data.
 """
 import json
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ntkit as nk
-from test_archspec import relu_fc_kernels
+from test_commands_archspec import relu_fc_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,10 +53,10 @@ def test_kernel_writes_the_closed_form(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""  # --quiet
     z = np.load(out)
-    from ntkit.datasets import load_dataset
+    from ntkit.data.registry import load_dataset
     ds = load_dataset("digits", n_train=30, n_test=30, seed=0)
     nngp, ntk = relu_fc_kernels(ds.x_train, 1, 1.414, 0.05)
-    off = ~np.eye(30, dtype=bool)  # the diagonal is checked in test_archspec
+    off = ~np.eye(30, dtype=bool)  # the diagonal is checked in test_commands_archspec
     np.testing.assert_allclose(z["nngp"][off], nngp[off], rtol=1e-9)
     np.testing.assert_allclose(z["ntk"][off], ntk[off], rtol=1e-9)
     np.testing.assert_array_equal(z["y_rows"], ds.y_train)
@@ -198,7 +198,7 @@ def test_cuda_request_without_cuda(tmp_path, capsys):
 
 def test_uci_and_cifar10_by_name(tmp_path, capsys):
     from ntkit.data import default_data_dir
-    from ntkit.datasets import expected_file
+    from ntkit.data.registry import expected_file
 
     if not expected_file("uci:iris", default_data_dir()).is_file():
         pytest.skip("../shared/data/uci/iris not present")
@@ -221,7 +221,7 @@ def test_fit_two_class_dataset(capsys):
     must still score with the (m, 2) regression outputs (breast-cancer-wisc is ~96% linearly
     separable, so a working fit is far above the 65% majority class)."""
     from ntkit.data import default_data_dir
-    from ntkit.datasets import expected_file
+    from ntkit.data.registry import expected_file
 
     if not expected_file("uci:breast-cancer-wisc", default_data_dir()).is_file():
         pytest.skip("../shared/data/uci/breast-cancer-wisc not present")

@@ -176,7 +176,7 @@ def _context(args) -> Context:
 
 
 def _arch(text: str):
-    from .archspec import parse_arch
+    from .commands.archspec import parse_arch
     return parse_arch(text)
 
 
@@ -226,8 +226,12 @@ def _cmd_experiment(ctx: Context, args, extra: List[str]) -> int:
 
 def _cmd_demo(ctx: Context, args) -> int:
     from .commands.common import writable_dir
-    from .report.demo import run_demo
+    from .report.demo import run_demo, select_experiments
 
+    try:
+        names = select_experiments(args.experiments, args.quick)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     out = writable_dir(args.out, "report folder")
     if ctx.threads is None:
         # the demo is many small tensor operations: a second torch thread gains little on an
@@ -236,7 +240,9 @@ def _cmd_demo(ctx: Context, args) -> int:
         torch.set_num_threads(1)
         ctx.threads = 1
     ctx.seed_everything()
-    index = run_demo(ctx, out, quick=args.quick, experiments=args.experiments)
+    index = run_demo(out, names, quick=args.quick, seed=ctx.seed, dtype=ctx.dtype,
+                     device=ctx.device, say=None if ctx.quiet else ctx.say,
+                     progress=None if ctx.quiet else ctx.progress)
     print(f"report: {index}")
     return EXIT_OK
 
@@ -247,7 +253,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if args.help_arch:
-        from .archspec import layer_classes
+        from .commands.archspec import layer_classes
         print(_ARCH_GUIDE % ", ".join(sorted(layer_classes())))
         return EXIT_OK
     if args.command is None:
@@ -269,8 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - mapped to exit codes below
-        from .archspec import ArchSpecError
-        from .datasets import DataNotFoundError, DatasetError
+        from .commands.archspec import ArchSpecError
+        from .data.registry import DataNotFoundError, DatasetError
 
         if isinstance(err, (UsageError, ArchSpecError, DatasetError, DataNotFoundError)):
             print(f"{prog}: error: {err}", file=sys.stderr)

@@ -8,9 +8,9 @@ NNGP kernel, an RBF SVM, a random forest and a trained MLP, all under the same p
 - the winner is retrained on each of the 4 (train, test) pairs of ``conxuntos_kfold.dat``; the
   dataset's accuracy is the mean of the 4 test accuracies.
 
-Grids. NTK: K[dep][fix] of ``ntkit.uci_grid`` (dep 0..4, fix 0..dep, all from one recursion) ×
-C ∈ 10^-2..10^4, SVC(kernel="precomputed"). NNGP: the same stream restricted to fix = dep
-(K[dep][dep] = Σ⁽ᵈᵉᵖ⁾, the GP kernel of the same nets) × the same C. RBF: exp(-γ|x-x'|²),
+Grids. NTK: K[dep][fix] (dep 0..4, fix 0..dep; see ``ntk_grid``) × C ∈ 10^-2..10^4,
+SVC(kernel="precomputed"). NNGP: the same stream restricted to fix = dep (K[dep][dep] = Σ⁽ᵈᵉᵖ⁾,
+the GP kernel of the same nets) × the same C. RBF: exp(-γ|x-x'|²),
 γ ∈ {2^-6, 2^-4, 2^-2, 1, 4}/d × the same C. RF: 200 trees (30 when quick), max_features ∈
 {√d/2, √d, 2√d, d} (rounded, clipped to 1..d, deduplicated). MLP: sklearn MLPClassifier (Adam,
 ReLU, at most 200 epochs, 50 when quick; early stopping on a 10% hold-out of the training
@@ -27,13 +27,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
+
+import ntkit as nk
+
+from .common import progress as common_progress
+from .common import pyplot, save_figure, write_results
 
 CLASSIFIERS = ("NTK", "NNGP", "RBF-SVM", "RF", "MLP")
 C_GRID = tuple(10.0 ** k for k in range(-2, 5))
@@ -48,6 +53,51 @@ MLP_MAX_ITER = 200
 # counted in the results ("capped_fits").
 SVM_MAX_ITER = 100_000
 QUICK_DATASETS = ("balloons", "iris", "lenses", "trains", "zoo")
+
+
+# -- the kernels --------------------------------------------------------------------------------
+def grid_architecture(d: int, dep: int, fix: int) -> nk.Sequential:
+    """The net of K[dep][fix] (PROTOCOL.md section 3, the ``NTK.py`` of Arora et al. 2020): a
+    bias-free ReLU net with ``dep`` hidden layers whose first ``fix`` Linear layers are frozen.
+
+    With ntkit's input kernel X Xᵀ/d, a first Linear(W_std=√d) gives Σ⁽⁰⁾ = X Xᵀ, and each
+    ReLU + Linear(W_std=1) is the protocol's map with θ = arccos(Σ_ij / sqrt(Σ_ii Σ_jj)):
+
+        Σ⁽ʰ⁺¹⁾_ij = sqrt(Σ_ii Σ_jj) (sin θ + (π - θ) cos θ) / (2π),   Σ̇⁽ʰ⁺¹⁾_ij = (π - θ) / (2π)
+
+    (E[relu(u) relu(v)] and E[relu'(u) relu'(v)], Cho & Saul 2009), so the NTK of this net is
+
+        K[dep][fix] = Σ_{h=fix..dep} Σ⁽ʰ⁾ · Π_{h'=h+1..dep} Σ̇⁽ʰ'⁾     (0 <= fix <= dep):
+
+    K[0][0] = X Xᵀ, K[dep][0] the full NTK, K[dep][dep] = Σ⁽ᵈᵉᵖ⁾ the NNGP kernel of the net.
+    Widths (1) only matter to ``init``.
+    """
+    layers: List[nk.Layer] = [nk.Linear(1, W_std=math.sqrt(d), b_std=None, trainable=fix == 0)]
+    for h in range(1, dep + 1):
+        layers += [nk.ReLU(), nk.Linear(1, W_std=1.0, b_std=None, trainable=h >= fix)]
+    return nk.Sequential(*layers)
+
+
+def ntk_grid(X: np.ndarray, n_depths: int = N_DEPTHS
+             ) -> Iterator[Tuple[int, int, np.ndarray]]:
+    """Yield ``(dep, fix, K)`` for dep = 0..n_depths-1 and fix = 0..dep, in that order (the
+    protocol's selection order), K (n, n) float64 = K[dep][fix] of ``grid_architecture`` on the
+    rows of X (n, d), computed by ``arch.kernel``. The kernel with fix = 0 of each depth also
+    gives K[dep][dep] (its NNGP), so a depth costs dep kernel computations, not dep + 1."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] < 1:
+        raise ValueError(f"ntk_grid: X must be a 2-d (n, d) array, got shape {X.shape}")
+    if int(n_depths) < 1:
+        raise ValueError(f"ntk_grid: n_depths must be >= 1, got {n_depths}")
+    x = torch.from_numpy(X)
+    d = X.shape[1]
+    for dep in range(int(n_depths)):
+        full = grid_architecture(d, dep, 0).kernel(x)
+        yield dep, 0, full.ntk.numpy()
+        for fix in range(1, dep):
+            yield dep, fix, grid_architecture(d, dep, fix).kernel(x, get="ntk").ntk.numpy()
+        if dep > 0:
+            yield dep, dep, full.nngp.numpy()
 
 
 # -- fitting helpers ---------------------------------------------------------------------------
@@ -105,22 +155,20 @@ class _Best:
 
 # -- the five classifiers ----------------------------------------------------------------------
 def _kernels_ntk_nngp(ds) -> Dict[str, dict]:
-    from ..uci_grid import iter_ntk_grid
     tr, va = ds.validation
     ntk, nngp = _Best(), _Best()
     t0 = time.perf_counter()
-    for dep, fix, K in iter_ntk_grid(ds.X, N_DEPTHS):
+    for dep, fix, K in ntk_grid(ds.X, N_DEPTHS):
         scores = _kernel_scores(K, ds.y, tr, va)
         for C, s in zip(C_GRID, scores):
             if ntk.offer(s, {"dep": dep, "fix": fix, "C": C}):
                 ntk.payload = None  # the kernel is copied once per kernel below
             if fix == dep and nngp.offer(s, {"dep": dep, "C": C}):
                 nngp.payload = None
-        keep = None
         if ntk.payload is None:  # this kernel holds the NTK's best configuration so far
-            keep = ntk.payload = K.copy()
+            ntk.payload = K
         if fix == dep and nngp.payload is None:
-            nngp.payload = K.copy() if keep is None else keep
+            nngp.payload = K
     select_s = time.perf_counter() - t0
     out = {}
     for name, best in (("NTK", ntk), ("NNGP", nngp)):
@@ -259,9 +307,7 @@ def _write_csv(rows: List[dict], path: Path) -> None:
 
 
 def _plot(acc: np.ndarray, summary: dict, names: List[str], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     i_ntk, i_rf = CLASSIFIERS.index("NTK"), CLASSIFIERS.index("RF")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
     x, y = 100 * acc[:, i_rf], 100 * acc[:, i_ntk]
@@ -281,9 +327,7 @@ def _plot(acc: np.ndarray, summary: dict, names: List[str], path: Path) -> None:
     ax2.set_xlabel("average Friedman rank (1 = best); label: average accuracy")
     ax2.set_xlim(1, len(CLASSIFIERS) + 0.9)
     ax2.set_title("rank among the compared classifiers")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -313,7 +357,7 @@ def run(out_dir: Union[str, Path], quick: bool = False, seed: int = 0, datasets=
     datasets: names (list or comma/space separated string); default: the 90 (quick: 5 small).
     n_jobs: datasets evaluated in parallel processes (joblib). resume: reuse cached rows.
     root / data_dir: the uci/ folder or the folder holding it (default: default_data_dir()).
-    progress: print one line per finished dataset to stderr.
+    progress: a progress bar over the datasets on stderr.
     """
     if options:
         raise TypeError(f"uci.run: unknown option(s) {sorted(options)}; known: datasets, n_jobs, "
@@ -342,11 +386,12 @@ def run(out_dir: Union[str, Path], quick: bool = False, seed: int = 0, datasets=
     if todo:
         from joblib import Parallel, delayed
         jobs = max(1, min(int(n_jobs), len(todo)))
-        for k, done in enumerate(Parallel(n_jobs=jobs, return_as="generator_unordered")(
-                delayed(_evaluate_and_cache)(nm, root, quick, seed, str(cache)) for nm in todo)):
-            if progress:
-                print(f"uci: {done['dataset']} done in {done['seconds']:.1f} s "
-                      f"({k + 1}/{len(todo)})", file=sys.stderr, flush=True)
+        finished = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(_evaluate_and_cache)(nm, root, quick, seed, str(cache)) for nm in todo)
+        bar = common_progress(finished, "uci", enabled=bool(progress), total=len(todo),
+                              unit="dataset")
+        for done in bar:
+            bar.set_postfix_str(f"{done['dataset']} {done['seconds']:.1f} s")
     rows = [cached(nm, reuse=True) for nm in names]
     wall = time.perf_counter() - t0
     acc = np.array([[r["results"][c]["acc"] for c in CLASSIFIERS] for r in rows])
@@ -375,8 +420,7 @@ def run(out_dir: Union[str, Path], quick: bool = False, seed: int = 0, datasets=
         "cpu_seconds_per_dataset": {r["dataset"]: r.get("cpu_seconds") for r in rows},
         "per_dataset": rows, "csv": "per_dataset.csv", "figures": ["uci.png"],
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    return results
+    return write_results(out_dir, results)
 
 
 def _evaluate_and_cache(name: str, root, quick: bool, seed: int, cache: str) -> dict:

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 import ntkit as nk
 from ntkit.empirical import empirical_ntk
-from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
+
+from .common import pyplot, relu_mlp, save_figure, standalone_main, start_run, write_results
 
 FULL = {"widths": [500, 10000], "inits": 10, "depth": 4, "W_std": 1.0, "b_std": 0.1,
         "steps": 200, "lr": 1.0, "n_train": 8, "n_gamma": 121, "dtype": "float32"}
@@ -41,10 +42,7 @@ def circle(n_gamma: int):
 
 
 def architecture(width: int, cfg: dict) -> nk.Sequential:
-    layers = []
-    for _ in range(cfg["depth"] - 1):
-        layers += [nk.Linear(width, W_std=cfg["W_std"], b_std=cfg["b_std"]), nk.ReLU()]
-    return nk.Sequential(*layers, nk.Linear(1, W_std=cfg["W_std"], b_std=cfg["b_std"]))
+    return relu_mlp(width, cfg["depth"] - 1, W_std=cfg["W_std"], b_std=cfg["b_std"])
 
 
 def training_set(n: int, seed: int):
@@ -72,9 +70,7 @@ def curves_for_width(width: int, cfg: dict, seed: int, x0, xs, x_train, y_train)
 
 
 def plot(path: Path, gamma, limit, curves, cfg) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     g = gamma.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
