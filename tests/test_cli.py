@@ -153,7 +153,7 @@ def test_experiment_errors_in_process(tmp_path, capsys):
     assert code == 2 and "unknown experiment 'no-such-thing'" in err
     code, _, err = run_main(capsys, "experiment", "digits-kernels", "--out", tmp_path,
                             "--bogus-option", "3")
-    assert code == 2 and "--bogus_option" in err and "--depths" in err
+    assert code == 2 and "--bogus-option" in err and "--depths" in err
     code, _, err = run_main(capsys, "experiment", "--out", tmp_path)
     assert code == 2 and "--list" in err
 
@@ -163,6 +163,45 @@ def test_experiment_option_parsing():
 
     assert parse_options(["--depths", "1,2", "--diag-reg=1e-3", "--flag", "--name", "x"]) == {
         "depths": [1, 2], "diag_reg": 1e-3, "flag": True, "name": "x"}
+
+
+def test_experiment_help_lists_every_declared_option_with_its_defaults(capsys):
+    """The reference: each module's FULL and QUICK configurations and run()'s keywords."""
+    import inspect
+
+    from ntkit.experiments import REGISTRY, module
+
+    for name in REGISTRY:
+        code, out, _ = run_main(capsys, "experiment", name, "--help")
+        assert code == 0 and f"ntkit experiment {name}" in out
+        mod = module(name)
+        full = getattr(mod, "FULL", {})
+        for key in full:
+            assert "--" + key.replace("_", "-") in out, (name, key)
+        params = inspect.signature(mod.run).parameters
+        for key, p in params.items():
+            if p.default is not p.empty and key not in ("quick", "seed", "progress"):
+                assert "--" + key.replace("_", "-") in out, (name, key)
+    code, out, _ = run_main(capsys, "experiment", "width-sweep", "--help")
+    line = next(x for x in out.splitlines() if x.strip().startswith("--widths"))
+    import ntkit.experiments.width_sweep as ws
+    assert "LIST" in line and ",".join(map(str, ws.FULL["widths"])) in line
+    assert ",".join(map(str, ws.QUICK["widths"])) in line
+    code, out, _ = run_main(capsys, "experiment", "--help")
+    assert code == 0 and "--list" in out
+
+
+def test_experiment_list_option_takes_one_value_and_shows_progress(tmp_path, capsys):
+    code, _, err = run_main(capsys, "experiment", "unit-circle", "--quick", "--out", tmp_path,
+                            "--widths", "16", "--inits", "1", "--steps", "2", "--n-gamma", "5")
+    assert code == 0, err
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["widths"] == [16] and list(res["widths"]) == ["16"]
+    assert "width 16" in err                      # the progress bar (tqdm, on stderr)
+    code, _, err = run_main(capsys, "--quiet", "experiment", "unit-circle", "--quick", "--out",
+                            tmp_path, "--widths=16", "--inits", "1", "--steps", "2",
+                            "--n-gamma", "5")
+    assert code == 0 and "width 16" not in err
 
 
 def test_fit_prints_test_metrics():

@@ -126,10 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(p, suppress=True)
 
     p = sub.add_parser("experiment", help="run one reproduction (figures + results.json)",
+                       add_help=False,
                        description="Run a registered reproduction, writing its figures and a "
                                    "results.json into --out. Options the experiment takes are "
-                                   "given as --name value.")
+                                   "given as --name value; 'ntkit experiment NAME --help' lists "
+                                   "them with their defaults.")
     p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("-h", "--help", action="store_true", dest="help_experiment",
+                   help="show this help, or with NAME the experiment's options and defaults")
+    p.set_defaults(format_experiment_help=p.format_help)
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: runs/NAME)")
@@ -208,10 +213,14 @@ def _cmd_fit(ctx: Context, args) -> int:
     return EXIT_OK
 
 
-def _cmd_experiment(ctx: Context, args, extra: List[str]) -> int:
+def _cmd_experiment(ctx: Context, args, extra: List[str], given: List[str]) -> int:
     from .commands.common import writable_dir
-    from .commands.experiment import list_experiments, parse_options, run_experiment
+    from .commands.experiment import (experiment_help, list_experiments, parse_options,
+                                      run_experiment)
 
+    if args.help_experiment:
+        print(experiment_help(args.name) if args.name else args.format_experiment_help())
+        return EXIT_OK
     if args.list:
         print(list_experiments())
         return EXIT_OK
@@ -220,7 +229,7 @@ def _cmd_experiment(ctx: Context, args, extra: List[str]) -> int:
     options = parse_options(extra)
     out = writable_dir(args.out or Path("runs") / args.name)
     ctx.seed_everything()
-    run_experiment(ctx, args.name, out, args.quick, options)
+    run_experiment(ctx, args.name, out, args.quick, options, given)
     return EXIT_OK
 
 
@@ -247,6 +256,13 @@ def _cmd_demo(ctx: Context, args) -> int:
     return EXIT_OK
 
 
+def _given_globals(argv: List[str]) -> List[str]:
+    """The global options written on the command line (not defaults), as run() names:
+    'device', 'dtype', 'data_dir'."""
+    names = {"--device": "device", "--dtype": "dtype", "--data-dir": "data_dir"}
+    return [names[a.split("=", 1)[0]] for a in argv if a.split("=", 1)[0] in names]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``ntkit`` console script; returns the exit code."""
     parser = build_parser()
@@ -269,7 +285,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "fit":
             return _cmd_fit(ctx, args)
         if args.command == "experiment":
-            return _cmd_experiment(ctx, args, extra)
+            return _cmd_experiment(ctx, args, extra, _given_globals(argv))
         return _cmd_demo(ctx, args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

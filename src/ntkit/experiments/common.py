@@ -73,7 +73,8 @@ def standalone_main(doc: str, run: Callable[..., Dict], summary: Callable[[Dict]
     print(json.dumps(summary(run(args.out_dir, quick=args.quick, seed=args.seed))))
 
 
-def progress(iterable: Iterable, desc: str, enabled: Optional[bool] = None, **kwargs) -> Iterator:
+def progress_bar(iterable: Iterable, desc: str, enabled: Optional[bool] = None,
+                 **kwargs) -> Iterator:
     """A tqdm bar on stderr over ``iterable``. ``enabled`` None: shown when stderr is a
     terminal (tqdm's ``disable=None``); True/False: always/never."""
     from tqdm.auto import tqdm

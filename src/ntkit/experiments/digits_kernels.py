@@ -29,10 +29,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .common import relu_mlp, write_results
+from .common import progress_bar, relu_mlp, write_results
 
-FULL_DEPTHS = (1, 2, 3, 4, 6, 8, 12, 16)
-QUICK_DEPTHS = (1, 3)
+FULL = {"depths": [1, 2, 3, 4, 6, 8, 12, 16]}
+QUICK = {"depths": [1, 3]}   # and 400 training / 150 test images, smaller baselines
 ARCH = "fc:depth={depth},act=relu,W_std=sqrt(2),b_std=0.05"  # the same, in the command-line syntax
 W_STD, B_STD = math.sqrt(2.0), 0.05
 
@@ -145,19 +145,17 @@ def _estimator_check(arch, xtr, ytr, xte, yte, diag_reg: float, expected: float)
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequence[int]] = None,
         diag_reg: float = 1e-4, dtype: str = "float64", device: str = "cpu",
-        progress: bool = False) -> dict:
+        progress: Optional[bool] = None) -> dict:
     """Run the comparison; write the figures and ``results.json`` into ``out_dir``.
 
     ``quick``: 400 training and 150 test images, depths (1, 3), smaller baselines.
     """
-    from tqdm.auto import tqdm
-
     from ..data import load_digits
     from . import digits_plots as plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    depths = tuple(int(d) for d in (depths or (QUICK_DEPTHS if quick else FULL_DEPTHS)))
+    depths = tuple(int(d) for d in (depths or (QUICK if quick else FULL)["depths"]))
     tdtype = torch.float32 if dtype == "float32" else torch.float64
     xtr, ytr, xte, yte = load_digits()
     if quick:
@@ -170,7 +168,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
     onehot = torch.eye(10, dtype=tdtype, device=device)[torch.from_numpy(ytr)]
 
     rows, kernels = [], {}
-    bar = tqdm(total=len(depths) + 3, desc="digits-kernels", disable=not progress, leave=False)
+    bar = progress_bar(None, "digits-kernels", progress, total=len(depths) + 3)
     for depth in depths:
         arch = architecture(depth)
         start = time.perf_counter()

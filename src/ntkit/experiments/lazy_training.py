@@ -18,7 +18,7 @@ loss falls below 1e-3 · ½ mean(ȳ²) (or a step cap). Numbers are averaged ove
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ from torch.func import functional_call, grad, jacrev, jvp
 
 from .. import layers as L
 from ..predict import max_learning_rate
-from .common import fit_loglog, mse, one_thread, pyplot, save_figure, start_run, write_results
+from .common import (fit_loglog, mse, one_thread, progress_bar, pyplot, save_figure, start_run,
+                     write_results)
 
 FULL = {"widths": [10, 30, 100, 300, 1000, 3000, 10000], "seeds": 3, "max_steps": 20000}
 QUICK = {"widths": [10, 100, 1000], "seeds": 1, "max_steps": 1500}
@@ -116,7 +117,8 @@ def train_width(width: int, seed: int, x: np.ndarray, y: np.ndarray, lr: float,
                 final_loss=final, **k)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     """Widths (default 10..10,000; quick 10, 100, 1000), seeds per width (default 3; quick 1),
     step cap (20,000; quick 1,500). Writes lazy_training.png and results.json."""
     cfg, out_dir, _ = start_run(out_dir, quick, options, QUICK, FULL)
@@ -126,7 +128,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     lr = 0.5 * max_learning_rate(architecture(1).kernel(x).ntk, y.size)
     rows = []
     with one_thread():
-        for m in widths:
+        for m in progress_bar(widths, "lazy training", progress):
             runs = [train_width(m, seed * 7919 + 31 * s + m, x, y, lr, max_steps)
                     for s in range(n_seeds)]
             row = {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k != "width"}

@@ -15,7 +15,7 @@ width^-1/2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ import torch
 from .. import layers as L
 from ..empirical import empirical_ntk
 from ..predict import MSEDynamics, max_learning_rate
-from .common import fit_loglog, mse, relu_mlp, one_thread, pyplot, save_figure, start_run, write_results
+from .common import (fit_loglog, mse, one_thread, progress_bar, pyplot, relu_mlp, save_figure,
+                     start_run, write_results)
 
 FULL = {"widths": [64, 256, 1024, 4096], "seeds": 3, "steps": 400}
 QUICK = {"widths": [32, 256, 1024], "seeds": 1, "steps": 60}
@@ -87,7 +88,8 @@ def one_width(width: int, seed: int, steps: int, record: List[int], lr: float, d
                 traj=dict(f_tr=f_tr, f_te=f_te, lin_tr=lin_tr, lin_te=lin_te))
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     """Widths (default 64..4096; quick 32, 256, 1024), seeds per width (3; quick 1), steps (400;
     quick 60) at learning rate 0.5 · the largest stable one of the analytic NTK. Writes
     linearization.png (outputs over time for the widest net; error against width) and
@@ -101,7 +103,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     record = sorted(set(np.unique(np.geomspace(1, steps, 25).astype(int)).tolist() + [0]))
     rows = []
     with one_thread():
-        for w in widths:
+        for w in progress_bar(widths, "linearization", progress):
             runs = [one_width(w, seed * 1000 + s, steps, record, lr, data) for s in range(n_seeds)]
             rows.append(dict(width=w,
                              rel_err_linearized=float(np.mean([r["rel_err_linearized"]

@@ -17,15 +17,15 @@ Depth counts Linear layers (Jacot's L). The training targets are fixed values at
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from .. import layers as L
 from ..predict import ntk_ensemble
-from .common import (one_thread, pyplot, relu_mlp, save_figure, start_run, train_ensemble, unit_circle,
-                     write_results)
+from .common import (one_thread, progress_bar, pyplot, relu_mlp, save_figure, start_run,
+                     train_ensemble, unit_circle, write_results)
 
 Z80 = 1.2815515655446004          # the 90% quantile of N(0, 1): mean ± Z80·σ holds 80%
 TRAIN_ANGLES = np.array([-2.0, -1.2, 0.4, 1.6])
@@ -83,7 +83,8 @@ def _plot_band(ax, r, title: str, show_nets: int = 0):
     ax.set_title(title, fontsize=9)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     """Both configurations; writes ntk_gp_poster.png, ntk_gp_paper.png and results.json.
 
     options: n_nets (poster, default 200; quick 12), steps (1000; quick 100),
@@ -95,8 +96,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     paper_nets = int(cfg["paper_nets"])
     paper_widths = tuple(int(w) for w in cfg["paper_widths"])
     with one_thread():
-        poster = compare(3, 100, n_nets, steps, n_test, seed)
-        paper = [compare(4, w, paper_nets, steps, n_test, seed + 1) for w in paper_widths]
+        runs = [(3, 100, n_nets, seed)] + [(4, w, paper_nets, seed + 1) for w in paper_widths]
+        poster, *paper = [compare(depth, width, nets, steps, n_test, s) for depth, width, nets, s
+                          in progress_bar(runs, "ntk-gp", progress)]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     _plot_band(ax, poster, f"depth 3, width 100, {n_nets} networks, {steps} steps: "

@@ -17,7 +17,7 @@ architecture (E[a²] = 1). Gradient flow is integrated by gradient descent with 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ import torch
 from .. import layers as L
 from ..empirical import empirical_ntk
 from ..predict import MSEDynamics
-from .common import fit_loglog, one_thread, pyplot, save_figure, start_run, write_results
+from .common import (fit_loglog, one_thread, progress_bar, pyplot, save_figure, start_run,
+                     write_results)
 
 # T None: 8/λ_min(K^∞) (quick 3/λ_min); dt None: 0.5/λ_max(K^∞)
 FULL = {"widths": [50, 100, 200, 400, 800, 1600, 3200], "T": None, "dt": None}
@@ -83,7 +84,8 @@ def train_width(width: int, seed: int, x: np.ndarray, y: np.ndarray, T: float, d
                 lam_min_path=float(min(lam_min)), max_dw=dw, max_da=da, u_final=u_final)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     """Widths (default 50..3200; quick 32, 128, 512), time T (default 8/λ_min(K^∞); quick
     3/λ_min), step dt (0.5/λ_max(K^∞) capped for stability). Writes two_layer_sigmoid.png and
     results.json."""
@@ -97,7 +99,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     dt = float(0.5 / lam_max if cfg["dt"] is None else cfg["dt"])
     n_checks = 5 if quick else 11
     with one_thread():
-        runs = [train_width(m, seed * 7919 + m, x, y, T, dt, n_checks) for m in widths]
+        runs = [train_width(m, seed * 7919 + m, x, y, T, dt, n_checks)
+                for m in progress_bar(widths, "two-layer sigmoid", progress)]
     krr = MSEDynamics(k_inf, y).predict(T)
     rel_to_kernel = [float(np.linalg.norm(r["u_final"] - krr.numpy()) / np.linalg.norm(y))
                      for r in runs]

@@ -37,8 +37,7 @@ import torch
 
 import ntkit as nk
 
-from .common import progress as common_progress
-from .common import pyplot, save_figure, write_results
+from .common import progress_bar, pyplot, save_figure, write_results
 
 CLASSIFIERS = ("NTK", "NNGP", "RBF-SVM", "RF", "MLP")
 C_GRID = tuple(10.0 ** k for k in range(-2, 5))
@@ -349,8 +348,8 @@ def _dataset_list(datasets, quick: bool, root) -> List[str]:
 
 
 def run(out_dir: Union[str, Path], quick: bool = False, seed: int = 0, datasets=None,
-        n_jobs: int = 2, root=None, resume: bool = True, data_dir=None, progress: bool = False,
-        **options) -> dict:
+        n_jobs: int = 2, root=None, resume: bool = True, data_dir=None,
+        progress: Optional[bool] = None, **options) -> dict:
     """The benchmark; writes per_dataset.csv, per_dataset/<name>.json (resumable cache),
     uci.png and results.json into ``out_dir`` and returns the results dict.
 
@@ -388,8 +387,8 @@ def run(out_dir: Union[str, Path], quick: bool = False, seed: int = 0, datasets=
         jobs = max(1, min(int(n_jobs), len(todo)))
         finished = Parallel(n_jobs=jobs, return_as="generator_unordered")(
             delayed(_evaluate_and_cache)(nm, root, quick, seed, str(cache)) for nm in todo)
-        bar = common_progress(finished, "uci", enabled=bool(progress), total=len(todo),
-                              unit="dataset")
+        bar = progress_bar(finished, "uci", enabled=progress, total=len(todo),
+                           unit="dataset")
         for done in bar:
             bar.set_postfix_str(f"{done['dataset']} {done['seconds']:.1f} s")
     rows = [cached(nm, reuse=True) for nm in names]

@@ -17,16 +17,15 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import ntkit as nk
 from ntkit.empirical import empirical_ntk
-from .common import (fit_loglog, pyplot, relative_frobenius, relu_mlp, save_figure,
-                     sphere_inputs, standalone_main, start_run, write_results)
+from .common import (fit_loglog, progress_bar, pyplot, relative_frobenius, relu_mlp,
+                     save_figure, sphere_inputs, standalone_main, start_run, write_results)
 
 FULL = {"widths": [64, 128, 256, 512, 1024, 2048, 4096, 8192], "seeds": 5, "n": 32, "d": 8,
         "depth": 4, "dtype": "float32"}
@@ -43,10 +42,11 @@ def architecture(width: int, depth: int) -> nk.Sequential:
 
 
 def distances(widths: Sequence[int], seeds: Sequence[int], x: torch.Tensor, depth: int = 4,
-              dtype: torch.dtype = torch.float64) -> Dict[int, List[float]]:
+              dtype: torch.dtype = torch.float64, show: Optional[bool] = None
+              ) -> Dict[int, List[float]]:
     """{width: [d(n) for each seed]} with d the relative Frobenius distance to arch.kernel."""
     out: Dict[int, List[float]] = {}
-    for width in tqdm(widths, desc="width sweep", disable=None):
+    for width in progress_bar(widths, "width sweep", show):
         arch = architecture(width, depth)
         limit = arch.kernel(x, get="ntk").ntk
         out[int(width)] = []
@@ -75,11 +75,13 @@ def plot(path: Path, widths, means, stds, slope, intercept, title: str) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     x = sphere_inputs(cfg["n"], cfg["d"], seed)
     seeds = [seed * 1000 + s for s in range(cfg["seeds"])]
-    dist = distances(cfg["widths"], seeds, x, cfg["depth"], getattr(torch, cfg["dtype"]))
+    dist = distances(cfg["widths"], seeds, x, cfg["depth"], getattr(torch, cfg["dtype"]),
+                     progress)
     widths = sorted(dist)
     means = [float(np.mean(dist[w])) for w in widths]
     stds = [float(np.std(dist[w])) for w in widths]

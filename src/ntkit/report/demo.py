@@ -59,7 +59,7 @@ def _run_experiment(name: str, out_dir: Path, seed: int) -> Dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        results = module.run(out_dir, quick=True, seed=seed)
+        results = module.run(out_dir, quick=True, seed=seed, progress=False)
         entry.update(status="ok", results=_jsonable(results))
     except Exception as err:  # noqa: BLE001 - one failing experiment must not sink the report
         entry.update(status="failed", reason=f"{type(err).__name__}: {err}",
