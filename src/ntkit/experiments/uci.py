@@ -100,8 +100,16 @@ def ntk_grid(X: np.ndarray, n_depths: int = N_DEPTHS
 
 
 # -- fitting helpers ---------------------------------------------------------------------------
-def _fit_score(make: Callable, Xtr, ytr, Xte, yte) -> float:
-    """Accuracy of ``make()`` fit on (Xtr, ytr); a one-class training set predicts that class."""
+class _Capped:
+    """Counts the fits of one classifier that an iteration cap stopped (reported per dataset)."""
+
+    def __init__(self):
+        self.fits = 0
+
+
+def _fit_score(make: Callable, Xtr, ytr, Xte, yte, capped: _Capped) -> float:
+    """Accuracy of ``make()`` fit on (Xtr, ytr); a one-class training set predicts that class.
+    A fit stopped by its iteration cap (a ConvergenceWarning) is counted in ``capped``."""
     if yte.size == 0:
         raise ValueError("empty test side")
     classes = np.unique(ytr)
@@ -113,11 +121,8 @@ def _fit_score(make: Callable, Xtr, ytr, Xte, yte) -> float:
         model.fit(Xtr, ytr)
         acc = float(np.mean(model.predict(Xte) == yte))
     if any("max_iter" in str(w.message) or "iterations" in str(w.message) for w in caught):
-        _CAPPED[0] += 1
+        capped.fits += 1
     return acc
-
-
-_CAPPED = [0]  # fits stopped by an iteration cap, in this process
 
 
 def _svc(C: float):
@@ -125,15 +130,16 @@ def _svc(C: float):
     return lambda: SVC(kernel="precomputed", C=C, max_iter=SVM_MAX_ITER)
 
 
-def _kernel_scores(K: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray) -> List[float]:
+def _kernel_scores(K: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
+                   capped: _Capped) -> List[float]:
     """Accuracy for every C of C_GRID of the precomputed-kernel SVC trained on rows ``tr``."""
     Ktr = K[np.ix_(tr, tr)]
     Kte = K[np.ix_(te, tr)]
-    return [_fit_score(_svc(C), Ktr, y[tr], Kte, y[te]) for C in C_GRID]
+    return [_fit_score(_svc(C), Ktr, y[tr], Kte, y[te], capped) for C in C_GRID]
 
 
-def _kfold_kernel(K: np.ndarray, y: np.ndarray, pairs, C: float) -> List[float]:
-    return [_fit_score(_svc(C), K[np.ix_(tr, tr)], y[tr], K[np.ix_(te, tr)], y[te])
+def _kfold_kernel(K: np.ndarray, y: np.ndarray, pairs, C: float, capped: _Capped) -> List[float]:
+    return [_fit_score(_svc(C), K[np.ix_(tr, tr)], y[tr], K[np.ix_(te, tr)], y[te], capped)
             for tr, te in pairs]
 
 
@@ -153,12 +159,12 @@ class _Best:
 
 
 # -- the five classifiers ----------------------------------------------------------------------
-def _kernels_ntk_nngp(ds) -> Dict[str, dict]:
+def _kernels_ntk_nngp(ds, capped: _Capped) -> Dict[str, dict]:
     tr, va = ds.validation
     ntk, nngp = _Best(), _Best()
     t0 = time.perf_counter()
     for dep, fix, K in ntk_grid(ds.X, N_DEPTHS):
-        scores = _kernel_scores(K, ds.y, tr, va)
+        scores = _kernel_scores(K, ds.y, tr, va, capped)
         for C, s in zip(C_GRID, scores):
             if ntk.offer(s, {"dep": dep, "fix": fix, "C": C}):
                 ntk.payload = None  # the kernel is copied once per kernel below
@@ -172,13 +178,13 @@ def _kernels_ntk_nngp(ds) -> Dict[str, dict]:
     out = {}
     for name, best in (("NTK", ntk), ("NNGP", nngp)):
         t1 = time.perf_counter()
-        accs = _kfold_kernel(best.payload, ds.y, ds.kfold, best.params["C"])
+        accs = _kfold_kernel(best.payload, ds.y, ds.kfold, best.params["C"], capped)
         out[name] = {"val": best.score, "params": best.params, "pairs": accs,
                      "seconds": (select_s if name == "NTK" else 0.0) + time.perf_counter() - t1}
     return out
 
 
-def _rbf(ds) -> dict:
+def _rbf(ds, capped: _Capped) -> dict:
     tr, va = ds.validation
     t0 = time.perf_counter()
     sq = np.einsum("ij,ij->i", ds.X, ds.X)
@@ -188,10 +194,10 @@ def _rbf(ds) -> dict:
     for g in GAMMA_FACTORS:
         gamma = g / ds.d
         K = np.exp(-gamma * D)
-        for C, s in zip(C_GRID, _kernel_scores(K, ds.y, tr, va)):
+        for C, s in zip(C_GRID, _kernel_scores(K, ds.y, tr, va, capped)):
             if best.offer(s, {"gamma": gamma, "C": C}):
                 best.payload = K
-    accs = _kfold_kernel(best.payload, ds.y, ds.kfold, best.params["C"])
+    accs = _kfold_kernel(best.payload, ds.y, ds.kfold, best.params["C"], capped)
     return {"val": best.score, "params": best.params, "pairs": accs,
             "seconds": time.perf_counter() - t0}
 
@@ -201,30 +207,33 @@ def _rf_grid(d: int) -> List[int]:
     return sorted({min(d, max(1, int(round(f * root)))) for f in (0.5, 1.0, 2.0)} | {d})
 
 
-def _estimator(ds, grid: Sequence[dict], make: Callable[[dict], Callable]) -> dict:
+def _estimator(ds, capped: _Capped, grid: Sequence[dict], make: Callable[[dict], Callable]
+               ) -> dict:
     tr, va = ds.validation
     t0 = time.perf_counter()
     best = _Best()
     for params in grid:
-        best.offer(_fit_score(make(params), ds.X[tr], ds.y[tr], ds.X[va], ds.y[va]), params)
-    accs = [_fit_score(make(best.params), ds.X[a], ds.y[a], ds.X[b], ds.y[b]) for a, b in ds.kfold]
+        best.offer(_fit_score(make(params), ds.X[tr], ds.y[tr], ds.X[va], ds.y[va], capped),
+                   params)
+    accs = [_fit_score(make(best.params), ds.X[a], ds.y[a], ds.X[b], ds.y[b], capped)
+            for a, b in ds.kfold]
     return {"val": best.score, "params": best.params, "pairs": accs,
             "seconds": time.perf_counter() - t0}
 
 
-def _rf(ds, quick: bool, seed: int) -> dict:
+def _rf(ds, quick: bool, seed: int, capped: _Capped) -> dict:
     from sklearn.ensemble import RandomForestClassifier
     trees = 30 if quick else RF_TREES
     grid = [{"max_features": m} for m in _rf_grid(ds.d)]
-    return _estimator(ds, grid, lambda p: lambda: RandomForestClassifier(
+    return _estimator(ds, capped, grid, lambda p: lambda: RandomForestClassifier(
         n_estimators=trees, max_features=p["max_features"], random_state=seed, n_jobs=1))
 
 
-def _mlp(ds, quick: bool, seed: int) -> dict:
+def _mlp(ds, quick: bool, seed: int, capped: _Capped) -> dict:
     from sklearn.neural_network import MLPClassifier
     grid = [{"hidden": list(h), "alpha": a} for h, a in MLP_GRID]
     max_iter = 50 if quick else MLP_MAX_ITER
-    return _estimator(ds, grid, lambda p: lambda: MLPClassifier(
+    return _estimator(ds, capped, grid, lambda p: lambda: MLPClassifier(
         hidden_layer_sizes=tuple(p["hidden"]), alpha=p["alpha"], max_iter=max_iter,
         early_stopping=ds.n >= 200, random_state=seed))
 
@@ -239,13 +248,13 @@ def evaluate_dataset(name: str, root=None, quick: bool = False, seed: int = 0) -
     results = {}
     with threadpool_limits(1):  # parallelism is across datasets
         for key, fn in (("NTK+NNGP", _kernels_ntk_nngp), ("RBF-SVM", _rbf),
-                        ("RF", lambda d: _rf(d, quick, seed)),
-                        ("MLP", lambda d: _mlp(d, quick, seed))):
-            before = _CAPPED[0]
-            out = fn(ds)
+                        ("RF", lambda d, c: _rf(d, quick, seed, c)),
+                        ("MLP", lambda d, c: _mlp(d, quick, seed, c))):
+            capped = _Capped()
+            out = fn(ds, capped)
             out = out if key == "NTK+NNGP" else {key: out}
             for r in out.values():
-                r["capped_fits"] = _CAPPED[0] - before
+                r["capped_fits"] = capped.fits
             results.update(out)
     for r in results.values():
         r["acc"] = float(np.mean(r["pairs"]))
