@@ -2,7 +2,7 @@
 variations of the same paths run in-process through ``ntkit.cli.main`` (``run_main(...)``),
 since every subprocess pays the import of torch and scikit-learn.
 
-References: kernels against the numpy arc-cosine closed form (tests/test_archspec.py), the exit
+References: kernels against the numpy arc-cosine closed form (tests/test_commands_archspec.py), the exit
 codes and messages documented in ntkit.cli, and scikit-learn's digits for the data.
 """
 import json
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ntkit as nk
-from test_archspec import relu_fc_kernels
+from test_commands_archspec import relu_fc_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,10 +53,10 @@ def test_kernel_writes_the_closed_form(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""  # --quiet
     z = np.load(out)
-    from ntkit.datasets import load_dataset
+    from ntkit.data.registry import load_dataset
     ds = load_dataset("digits", n_train=30, n_test=30, seed=0)
     nngp, ntk = relu_fc_kernels(ds.x_train, 1, 1.414, 0.05)
-    off = ~np.eye(30, dtype=bool)  # the diagonal is checked in test_archspec
+    off = ~np.eye(30, dtype=bool)  # the diagonal is checked in test_commands_archspec
     np.testing.assert_allclose(z["nngp"][off], nngp[off], rtol=1e-9)
     np.testing.assert_allclose(z["ntk"][off], ntk[off], rtol=1e-9)
     np.testing.assert_array_equal(z["y_rows"], ds.y_train)
@@ -153,7 +153,7 @@ def test_experiment_errors_in_process(tmp_path, capsys):
     assert code == 2 and "unknown experiment 'no-such-thing'" in err
     code, _, err = run_main(capsys, "experiment", "digits-kernels", "--out", tmp_path,
                             "--bogus-option", "3")
-    assert code == 2 and "--bogus_option" in err and "--depths" in err
+    assert code == 2 and "--bogus-option" in err and "--depths" in err
     code, _, err = run_main(capsys, "experiment", "--out", tmp_path)
     assert code == 2 and "--list" in err
 
@@ -163,6 +163,45 @@ def test_experiment_option_parsing():
 
     assert parse_options(["--depths", "1,2", "--diag-reg=1e-3", "--flag", "--name", "x"]) == {
         "depths": [1, 2], "diag_reg": 1e-3, "flag": True, "name": "x"}
+
+
+def test_experiment_help_lists_every_declared_option_with_its_defaults(capsys):
+    """The reference: each module's FULL and QUICK configurations and run()'s keywords."""
+    import inspect
+
+    from ntkit.experiments import REGISTRY, module
+
+    for name in REGISTRY:
+        code, out, _ = run_main(capsys, "experiment", name, "--help")
+        assert code == 0 and f"ntkit experiment {name}" in out
+        mod = module(name)
+        full = getattr(mod, "FULL", {})
+        for key in full:
+            assert "--" + key.replace("_", "-") in out, (name, key)
+        params = inspect.signature(mod.run).parameters
+        for key, p in params.items():
+            if p.default is not p.empty and key not in ("quick", "seed", "progress"):
+                assert "--" + key.replace("_", "-") in out, (name, key)
+    code, out, _ = run_main(capsys, "experiment", "width-sweep", "--help")
+    line = next(x for x in out.splitlines() if x.strip().startswith("--widths"))
+    import ntkit.experiments.width_sweep as ws
+    assert "LIST" in line and ",".join(map(str, ws.FULL["widths"])) in line
+    assert ",".join(map(str, ws.QUICK["widths"])) in line
+    code, out, _ = run_main(capsys, "experiment", "--help")
+    assert code == 0 and "--list" in out
+
+
+def test_experiment_list_option_takes_one_value_and_shows_progress(tmp_path, capsys):
+    code, _, err = run_main(capsys, "experiment", "unit-circle", "--quick", "--out", tmp_path,
+                            "--widths", "16", "--inits", "1", "--steps", "2", "--n-gamma", "5")
+    assert code == 0, err
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["widths"] == [16] and list(res["widths"]) == ["16"]
+    assert "width 16" in err                      # the progress bar (tqdm, on stderr)
+    code, _, err = run_main(capsys, "--quiet", "experiment", "unit-circle", "--quick", "--out",
+                            tmp_path, "--widths=16", "--inits", "1", "--steps", "2",
+                            "--n-gamma", "5")
+    assert code == 0 and "width 16" not in err
 
 
 def test_fit_prints_test_metrics():
@@ -198,7 +237,7 @@ def test_cuda_request_without_cuda(tmp_path, capsys):
 
 def test_uci_and_cifar10_by_name(tmp_path, capsys):
     from ntkit.data import default_data_dir
-    from ntkit.datasets import expected_file
+    from ntkit.data.registry import expected_file
 
     if not expected_file("uci:iris", default_data_dir()).is_file():
         pytest.skip("../shared/data/uci/iris not present")
@@ -221,7 +260,7 @@ def test_fit_two_class_dataset(capsys):
     must still score with the (m, 2) regression outputs (breast-cancer-wisc is ~96% linearly
     separable, so a working fit is far above the 65% majority class)."""
     from ntkit.data import default_data_dir
-    from ntkit.datasets import expected_file
+    from ntkit.data.registry import expected_file
 
     if not expected_file("uci:breast-cancer-wisc", default_data_dir()).is_file():
         pytest.skip("../shared/data/uci/breast-cancer-wisc not present")

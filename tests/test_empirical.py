@@ -15,7 +15,7 @@ import ntkit as nk
 from ntkit.empirical import empirical_nngp, empirical_ntk, ensemble_kernels, resolve_implementation
 from ntkit.empirical import structured as st
 from ntkit.empirical._model import ModelFunction
-from ntkit.finite import NTKLinear
+from ntkit.layers.finite import NTKLinear
 
 IMPLS = ["jacobian", "ntvp", "structured", "auto"]
 F64 = torch.float64
@@ -305,7 +305,8 @@ def test_width_sweep_slope_is_minus_one_half():
     each, 16 inputs) to arch.kernel falls as width^s with |s + 1/2| < 0.15. Over 10 disjoint seed
     sets this configuration gave s = -0.518 ± 0.042 (worst -0.586, -0.428), so the tolerance is
     over 3 standard deviations: this test does not flake on the seed choice."""
-    from ntkit.experiments.width_sweep import QUICK, distances, fit_loglog, sphere_inputs
+    from ntkit.experiments.common import fit_loglog, sphere_inputs
+    from ntkit.experiments.width_sweep import QUICK, distances
 
     x = sphere_inputs(QUICK["n"], QUICK["d"], seed=0)
     dist = distances(QUICK["widths"], range(QUICK["seeds"]), x, QUICK["depth"])

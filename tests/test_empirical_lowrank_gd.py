@@ -5,7 +5,7 @@ import torch
 import ntkit as nk
 from ntkit.empirical import empirical_ntk
 from ntkit.empirical.lowrank_gd import LowRankDeltaLinear, gradient_descent, to_lowrank
-from ntkit.finite import NTKLinear
+from ntkit.layers.finite import NTKLinear
 
 F64 = torch.float64
 

@@ -1,22 +1,122 @@
-"""The cifar10-cntk experiment in quick mode (tiny subsets; skipped without the shared data)."""
-import json
+"""The cifar10-cntk experiment in quick mode (tiny subsets; skipped without the shared data).
 
+Reference: the CNTK of Arora et al. 2019 written out here in numpy float64 from its definition
+(3x3 "same" convolutions with c_σ/q² = W_std²/9, the ReLU arc-cosine expectations of Cho & Saul
+2009, the V readout as the mean over positions of the same-position kernel, the GAP readout as
+the mean over all pixel pairs), then kernel regression on the targets -0.1 + e_c by
+numpy.linalg.solve: the accuracies the experiment reports must equal those of the reference
+kernels, and its architectures' kernels must equal the reference to 1e-10.
+"""
+import json
+import math
+
+import numpy as np
 import pytest
 
 from ntkit.data.paths import default_data_dir
-from ntkit.experiments import get
+from ntkit.experiments import cifar10_cntk, get
 
 NPZ = default_data_dir() / "cifar10" / "cifar10_subset.npz"
+W2 = 2.0  # c_σ of ReLU
+
+
+def _shift_sum(m, pairs: bool):
+    """Σ over offsets δ ∈ {-1, 0, 1}² of m at p + δ (zero outside the image), for same-position
+    maps (..., H, W) or, with ``pairs``, pixel-pair maps (..., H, W, H, W) shifted together."""
+    if not pairs:
+        h, w = m.shape[-2:]
+        p = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(1, 1), (1, 1)])
+        return sum(p[..., a:a + h, b:b + w] for a in range(3) for b in range(3))
+    h, w = m.shape[-2:]
+    p = np.pad(m, [(0, 0)] * (m.ndim - 4) + [(1, 1), (1, 1)] * 2)
+    return sum(p[..., a:a + h, b:b + w, a:a + h, b:b + w] for a in range(3) for b in range(3))
+
+
+def _relu(c, v1, v2):
+    """E[relu(u) relu(v)] and E[relu'(u) relu'(v)] for Var u = v1, Var v = v2, Cov = c."""
+    sv = np.sqrt(v1 * v2)
+    rho = np.clip(c / sv, -1.0, 1.0)
+    rho = np.where(np.abs(rho) > 1 - 4 * np.finfo(float).eps, np.sign(rho), rho)
+    th = np.arccos(rho)
+    return sv * (np.sin(th) + (math.pi - th) * np.cos(th)) / (2 * math.pi), (math.pi - th) / (2 * math.pi)
+
+
+def reference_cntk(x1, x2, depth: int, gap: bool):
+    """NTK (n1, n2) of ``cifar10_cntk.cntk(depth, gap)``: depth - 1 × [conv 3x3 same, W_std √2,
+    no bias, ReLU], then Flatten + trainable Linear(W_std 1) (V), or GAP + frozen Linear with the
+    first conv frozen too (GAP). Inputs (n, C, H, W); input kernel Σ_c x_c x'_c / C."""
+    c = x1.shape[1]
+    if gap:   # pixel pairs: cov[a, b, p, q]; variances var[a, p, q] (the diagonal p = q is used)
+        cov = np.einsum("achw,bcij->abhwij", x1, x2) / c
+        v1 = np.einsum("achw,acij->ahwij", x1, x1) / c
+        v2 = np.einsum("achw,acij->ahwij", x2, x2) / c
+        diag = lambda v: np.einsum("ahwhw->ahw", v)  # noqa: E731
+        vv = lambda a, b: (diag(a)[:, None, :, :, None, None], diag(b)[None, :, None, None])  # noqa: E731
+        own = lambda v: (diag(v)[:, :, :, None, None], diag(v)[:, None, None])  # noqa: E731
+    else:     # same positions: cov[a, b, p]; var[a, p]
+        cov = np.einsum("achw,bchw->abhw", x1, x2) / c
+        v1 = np.einsum("achw,achw->ahw", x1, x1) / c
+        v2 = np.einsum("achw,achw->ahw", x2, x2) / c
+        vv = lambda a, b: (a[:, None], b[None])  # noqa: E731
+        own = lambda v: (v, v)  # noqa: E731
+    ntk = None
+    for layer in range(depth - 1):
+        cov, v1, v2 = (W2 / 9 * _shift_sum(m, gap) for m in (cov, v1, v2))
+        if ntk is not None:
+            ntk = W2 / 9 * _shift_sum(ntk, gap)
+        if not (gap and layer == 0):
+            ntk = cov.copy() if ntk is None else ntk + cov
+        cov, dot = _relu(cov, *vv(v1, v2))
+        ntk = None if ntk is None else ntk * dot
+        v1, v2 = _relu(v1, *own(v1))[0], _relu(v2, *own(v2))[0]
+    axes = tuple(range(2, cov.ndim))
+    pooled_cov, pooled_ntk = cov.mean(axis=axes), ntk.mean(axis=axes)
+    return pooled_ntk if gap else pooled_ntk + pooled_cov   # the V readout Linear is trainable
+
+
+def _accuracy(k_train, k_test, y_train, y_test):
+    t = np.full((len(y_train), 10), -0.1)
+    t[np.arange(len(y_train)), y_train] = 0.9
+    pred = (k_test @ np.linalg.solve(k_train, t)).argmax(1)
+    return 100.0 * np.mean(pred == y_test)
+
+
+def _quick_data():
+    """The quick run's images: the first 20 lossless training images, every 500th test image
+    (20, class-balanced); GAP: the first 10 of those and every 2nd of the 20, pooled to 8x8."""
+    from ntkit.data.cifar10 import load_cifar10
+
+    x_tr, y_tr, x_te, y_te = load_cifar10(None, lossless=True, n_train=20, dtype=np.float64)
+    te = np.arange(20) * (len(x_te) // 20)
+    x_te, y_te = x_te[te], y_te[te]
+    pool = lambda x: x.reshape(len(x), 3, 8, 4, 8, 4).mean(axis=(3, 5))  # noqa: E731
+    gap = (pool(x_tr[:10]), y_tr[:10], pool(x_te[::2]), y_te[::2])
+    return (x_tr, y_tr, x_te, y_te), gap
 
 
 @pytest.mark.skipif(not NPZ.is_file(), reason="shared CIFAR-10 subset absent")
-def test_quick_run_writes_table(tmp_path):
+def test_architectures_match_the_reference_cntk():
+    (x_tr, _, x_te, _), (g_tr, _, g_te, _) = _quick_data()
+    for depth, gap, a, b in ((3, False, x_tr[:3], x_te[:2]), (4, False, x_tr[:2], x_te[:2]),
+                             (3, True, g_tr[:3], g_te[:2])):
+        got = cifar10_cntk.cntk(depth, gap).kernel(a, b, get="ntk").ntk.numpy()
+        np.testing.assert_allclose(got, reference_cntk(a, b, depth, gap), rtol=1e-10)
+
+
+@pytest.mark.skipif(not NPZ.is_file(), reason="shared CIFAR-10 subset absent")
+def test_quick_run_accuracies_equal_the_reference(tmp_path):
     res = get("cifar10-cntk")(tmp_path, quick=True)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["rows"] == res["rows"] and [r["depth"] for r in res["rows"]] == [3, 4]
+    (x_tr, y_tr, x_te, y_te), (g_tr, gy_tr, g_te, gy_te) = _quick_data()
     for r in res["rows"]:
-        # 10 classes, 20 test images: chance is 10%; the kernels should do better than 0
-        assert 0.0 <= r["ntkit_v"] <= 100.0
-    assert res["rows"][0]["ntkit_gap"] is not None
+        d = r["depth"]
+        ref = _accuracy(reference_cntk(x_tr, x_tr, d, False), reference_cntk(x_te, x_tr, d, False),
+                        y_tr, y_te)
+        assert r["ntkit_v"] == pytest.approx(ref, abs=1e-9)
+    ref_gap = _accuracy(reference_cntk(g_tr, g_tr, 3, True), reference_cntk(g_te, g_tr, 3, True),
+                        gy_tr, gy_te)
+    assert res["rows"][0]["ntkit_gap"] == pytest.approx(ref_gap, abs=1e-9)
+    assert res["rows"][1]["ntkit_gap"] is None          # quick: GAP at depth 3 only
     assert (tmp_path / "cifar10_cntk.png").stat().st_size > 0
     assert "| 3 | 40.94 |" in (tmp_path / "table.md").read_text()

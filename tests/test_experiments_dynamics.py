@@ -3,10 +3,11 @@ closed forms of ntkit.predict); each checks the files and the effect the seed pr
 All runs are seeded, hence deterministic."""
 import json
 
-import numpy as np
 import pytest
+import torch
 
 from ntkit import experiments
+from ntkit.experiments import lazy_training
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,12 +56,22 @@ def test_two_layer_sigmoid_bound_and_weight_movement(tmp_path):
     assert rows[1]["rel_dist_to_kernel_regression"] < 0.02
 
 
-def test_lazy_training_weight_change_and_kappa_fall_with_width(tmp_path):
-    res = experiments.get("lazy-training")(tmp_path, quick=True, widths=[10, 1000],
+def test_lazy_training_rates_against_theory(tmp_path):
+    res = experiments.get("lazy-training")(tmp_path, quick=True, widths=[10, 100, 1000],
                                            max_steps=1500)
     _files(tmp_path, ["lazy_training.png"])
-    small, big = res["widths"]
+    small, _, big = res["widths"]
     assert big["final_loss"] < 1e-3
-    assert big["rel_weight_change"] < 0.5 * small["rel_weight_change"]
+    # NTK parameterization: ‖w(T) − w₀‖ = O(1) while ‖w₀‖ ~ √m, so the relative weight change
+    # falls like m^-1/2; tolerance 0.15 on the fitted slope (seeds 0, 1, 2: -0.42, -0.51, -0.44)
+    assert abs(res["slope_rel_weight_change"] + 0.5) < 0.15
+    # ‖∇_w y(w₀)‖² is λ_max of the empirical NTK, which tends to λ_max of the analytic NTK
+    # (arch.kernel) with O(m^-1/2) fluctuations: at m = 1000 their relative standard deviation
+    # is 0.038 (30 seeds), the mean deviation -0.003; tolerance 4 standard deviations
+    x, _ = lazy_training.make_data()
+    lam = float(torch.linalg.eigvalsh(lazy_training.architecture(1).kernel(x).ntk)[-1])
+    assert big["jacobian_norm"] ** 2 == pytest.approx(lam, rel=0.15)
+    # κ = ‖y(w₀) − ȳ‖ ‖∇²y‖ / ‖∇y‖² falls with width (its m^-1/2 rate shows only on average
+    # over many seeds: one seed's fitted slope lies in (-1, 0))
     assert big["kappa"] < small["kappa"]
-    assert np.isfinite(res["slope_kappa"])
+    assert -1.0 < res["slope_kappa"] < 0.0

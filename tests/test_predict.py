@@ -208,6 +208,21 @@ def test_nngp_ensemble_finite_time_matches_expm_formula(data):
     np.testing.assert_allclose(np_(ens.covariance), Ktt - Ktd @ m2 @ Ktd.T, atol=1e-10)
 
 
+def test_readout_variance_matches_expm_formula_with_ridge_and_several_times(data):
+    """MSEDynamics.readout_variance against diag(Ktt − Ktd A⁻¹ (I − expm(−2cAt)) Kdt) with
+    A = K + ρI, from scipy.linalg.expm and numpy.linalg.solve, for loss='sum' (c = η)."""
+    K, Ktd, Ktt = np_(data["kdd"].nngp), np_(data["ktd"].nngp), np_(data["ktt"].nngp)
+    c, rho, times = 0.1, 0.05, [0.0, 3.0, 40.0]
+    dyn = MSEDynamics(K, data["y"], learning_rate=c, diag_reg=rho)
+    var = np_(dyn.readout_variance(Ktd, np.diag(Ktt), times))
+    A = K + rho * np.eye(7)
+    for k, t in enumerate(times):
+        m2 = np.linalg.solve(A, np.eye(7) - scipy.linalg.expm(-2 * c * A * t))
+        np.testing.assert_allclose(var[k], np.diag(Ktt - Ktd @ m2 @ Ktd.T), atol=1e-10)
+    with pytest.raises(ValueError, match="k_test_test_diag"):
+        dyn.readout_variance(Ktd, np.diag(Ktt)[:3])
+
+
 def test_wide_network_training_follows_closed_form():
     """A real width-4096 ReLU net (NTK parameterization, float64) trained by full-batch GD on
     MSE stays within a few percent of the closed form with the analytic NTK."""

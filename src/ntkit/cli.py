@@ -126,10 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(p, suppress=True)
 
     p = sub.add_parser("experiment", help="run one reproduction (figures + results.json)",
+                       add_help=False,
                        description="Run a registered reproduction, writing its figures and a "
                                    "results.json into --out. Options the experiment takes are "
-                                   "given as --name value.")
+                                   "given as --name value; 'ntkit experiment NAME --help' lists "
+                                   "them with their defaults.")
     p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("-h", "--help", action="store_true", dest="help_experiment",
+                   help="show this help, or with NAME the experiment's options and defaults")
+    p.set_defaults(format_experiment_help=p.format_help)
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: runs/NAME)")
@@ -176,7 +181,7 @@ def _context(args) -> Context:
 
 
 def _arch(text: str):
-    from .archspec import parse_arch
+    from .commands.archspec import parse_arch
     return parse_arch(text)
 
 
@@ -208,10 +213,14 @@ def _cmd_fit(ctx: Context, args) -> int:
     return EXIT_OK
 
 
-def _cmd_experiment(ctx: Context, args, extra: List[str]) -> int:
+def _cmd_experiment(ctx: Context, args, extra: List[str], given: List[str]) -> int:
     from .commands.common import writable_dir
-    from .commands.experiment import list_experiments, parse_options, run_experiment
+    from .commands.experiment import (experiment_help, list_experiments, parse_options,
+                                      run_experiment)
 
+    if args.help_experiment:
+        print(experiment_help(args.name) if args.name else args.format_experiment_help())
+        return EXIT_OK
     if args.list:
         print(list_experiments())
         return EXIT_OK
@@ -220,14 +229,18 @@ def _cmd_experiment(ctx: Context, args, extra: List[str]) -> int:
     options = parse_options(extra)
     out = writable_dir(args.out or Path("runs") / args.name)
     ctx.seed_everything()
-    run_experiment(ctx, args.name, out, args.quick, options)
+    run_experiment(ctx, args.name, out, args.quick, options, given)
     return EXIT_OK
 
 
 def _cmd_demo(ctx: Context, args) -> int:
     from .commands.common import writable_dir
-    from .report.demo import run_demo
+    from .report.demo import run_demo, select_experiments
 
+    try:
+        names = select_experiments(args.experiments, args.quick)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     out = writable_dir(args.out, "report folder")
     if ctx.threads is None:
         # the demo is many small tensor operations: a second torch thread gains little on an
@@ -236,9 +249,18 @@ def _cmd_demo(ctx: Context, args) -> int:
         torch.set_num_threads(1)
         ctx.threads = 1
     ctx.seed_everything()
-    index = run_demo(ctx, out, quick=args.quick, experiments=args.experiments)
+    index = run_demo(out, names, quick=args.quick, seed=ctx.seed, dtype=ctx.dtype,
+                     device=ctx.device, say=None if ctx.quiet else ctx.say,
+                     progress=None if ctx.quiet else ctx.progress)
     print(f"report: {index}")
     return EXIT_OK
+
+
+def _given_globals(argv: List[str]) -> List[str]:
+    """The global options written on the command line (not defaults), as run() names:
+    'device', 'dtype', 'data_dir'."""
+    names = {"--device": "device", "--dtype": "dtype", "--data-dir": "data_dir"}
+    return [names[a.split("=", 1)[0]] for a in argv if a.split("=", 1)[0] in names]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -247,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if args.help_arch:
-        from .archspec import layer_classes
+        from .commands.archspec import layer_classes
         print(_ARCH_GUIDE % ", ".join(sorted(layer_classes())))
         return EXIT_OK
     if args.command is None:
@@ -263,14 +285,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "fit":
             return _cmd_fit(ctx, args)
         if args.command == "experiment":
-            return _cmd_experiment(ctx, args, extra)
+            return _cmd_experiment(ctx, args, extra, _given_globals(argv))
         return _cmd_demo(ctx, args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - mapped to exit codes below
-        from .archspec import ArchSpecError
-        from .datasets import DataNotFoundError, DatasetError
+        from .commands.archspec import ArchSpecError
+        from .data.registry import DataNotFoundError, DatasetError
 
         if isinstance(err, (UsageError, ArchSpecError, DatasetError, DataNotFoundError)):
             print(f"{prog}: error: {err}", file=sys.stderr)

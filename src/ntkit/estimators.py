@@ -39,8 +39,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .layers import Linear, ReLU, Sequential
 from .predict import MSEDynamics
-from .predict._linalg import Spectrum, reg_value
-from .predict._time import as_times, phi_over_lambda
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -106,12 +104,16 @@ class _KernelModel(BaseEstimator):
         k = arch.kernel(t1, t2, get=self._kernel_name, batch_size=self.batch_size)
         return k.get(self._kernel_name).cpu()
 
+    def _dynamics(self, k: torch.Tensor, Y: np.ndarray) -> MSEDynamics:
+        """Gradient flow on the mean-squared loss with kernel ``k`` and targets ``Y``."""
+        return MSEDynamics(k, torch.as_tensor(Y, dtype=k.dtype), learning_rate=self.learning_rate,
+                           loss="mean", diag_reg=self.diag_reg, diag_reg_relative=True,
+                           on_singular="warn")
+
     def _fit_targets(self, X, Y: np.ndarray):
         arch = self._check_params()
         k = self._kernel(arch, X)
-        dyn = MSEDynamics(k, torch.as_tensor(Y, dtype=k.dtype), learning_rate=self.learning_rate,
-                          loss="mean", diag_reg=self.diag_reg, diag_reg_relative=True,
-                          on_singular="warn")
+        dyn = self._dynamics(k, Y)
         self.X_fit_ = np.asarray(X)
         self.dual_coef_ = dyn.coefficients(self.t).numpy()
         self.arch_ = arch
@@ -228,12 +230,9 @@ class NNGPRegressor(_KernelRegressor):
                           allow_nd=True)
         k_dd = self._kernel(self.arch_, self.X_fit_)
         k_td = self._kernel(self.arch_, X, self.X_fit_)
-        spec = Spectrum(k_dd, reg_value(k_dd, self.diag_reg, True))
-        times, _ = as_times(self.t, k_dd, False)
-        c = float(self.learning_rate) / self.dual_coef_.size
-        g2 = phi_over_lambda(spec.evals, 2 * times, c, False, spec.tol, "pinv")[0]
-        proj = k_td @ spec.evecs
-        var = self._diag(X) - (proj ** 2 * g2[None, :]).sum(1)
+        # the dynamics of fit (same kernel, ridge and time scale); the variance needs no targets
+        dyn = self._dynamics(k_dd, np.zeros_like(self.dual_coef_))
+        var = dyn.readout_variance(k_td, self._diag(X), self.t)
         return mean, np.sqrt(np.clip(var.numpy(), 0, None))
 
     def _diag(self, X) -> torch.Tensor:

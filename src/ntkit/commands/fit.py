@@ -27,7 +27,7 @@ def run_fit(ctx: Context, arch, arch_text: str, data: str, kernel: str, t: Optio
             diag_reg: float, n_train: Optional[int], n_test: Optional[int],
             batch_size: Optional[int]) -> dict:
     """Fit on the training split, evaluate on the test split; returns the metrics."""
-    from ..datasets import inputs_for, load_dataset
+    from ..data.registry import inputs_for, load_dataset
 
     if t is not None and t < 0:
         raise UsageError(f"--t must be >= 0 (or omitted for infinite time), got {t}")

@@ -28,7 +28,7 @@ def run_kernel(ctx: Context, arch, arch_text: str, data: str, out: Path, split: 
                n: Optional[int], get: Tuple[str, ...], batch_size: Optional[int]) -> dict:
     """Compute and save. ``split='train'``: K(train, train); ``split='test'``: K(test, train)
     (the matrix a prediction needs). ``n`` keeps n rows of each split. Returns a summary."""
-    from ..datasets import inputs_for, load_dataset
+    from ..data.registry import inputs_for, load_dataset
 
     ds = load_dataset(data, ctx.data_dir, n_train=n, n_test=n, dtype=ctx.np_dtype, seed=ctx.seed)
     device = ctx.torch_device()

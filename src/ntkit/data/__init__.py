@@ -1,8 +1,11 @@
-"""Dataset loaders. Every loader takes a path (nothing is downloaded at run time).
+"""Dataset loaders and the dataset registry. Every loader takes a path (nothing is downloaded at
+run time).
 
 Submodules, one per dataset family, are imported on first use:
 ``load_digits`` (scikit-learn's embedded digits), ``load_mnist``, ``load_cifar10``, ``load_uci``
-and ``uci_datasets`` (the 90 datasets of Arora et al. 2020).
+and ``uci_datasets`` (the 90 datasets of Arora et al. 2020); ``registry``: ``load_dataset`` by
+name ('digits', 'mnist', 'cifar10', 'uci:<name>') as a train/test ``Dataset``, and
+``inputs_for`` (rows shaped as an architecture's layers declare).
 """
 from importlib import import_module
 
@@ -13,6 +16,8 @@ _WHERE = {
     "load_uci": "uci",
     "uci_datasets": "uci",
     "default_data_dir": "paths",
+    "load_dataset": "registry",
+    "inputs_for": "registry",
 }
 
 __all__ = sorted(_WHERE)

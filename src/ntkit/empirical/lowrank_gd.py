@@ -23,7 +23,7 @@ from typing import List
 import torch
 from torch import nn
 
-from ..finite import NTKLinear
+from ..layers.finite import NTKLinear
 from .registry import LinearRule, _dense_outputs, _dense_patches, register_linear_module
 
 

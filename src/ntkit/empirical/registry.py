@@ -11,7 +11,7 @@ backpropagated cotangent of z_t, so the layer's NTK contribution needs only u an
 (Novak et al. 2022, "Fast Finite Width Neural Tangent Kernel", structured derivatives).
 
 A rule tells, for one module, the scales and how to arrange its input into patches
-(n, T, a) and an output cotangent (B, n, *out) into (B, n, T, o). Built in: nn.Linear, nn.Conv1d, nn.Conv2d (groups=1, any padding mode), ntkit.finite's NTKLinear
+(n, T, a) and an output cotangent (B, n, *out) into (B, n, T, o). Built in: nn.Linear, nn.Conv1d, nn.Conv2d (groups=1, any padding mode), ntkit.layers.finite's NTKLinear
 and NTKConv2d (both parameterizations). Register new module types
 with ``register_linear_module(cls, rule_fn)``; ``rule_fn(module)`` returns a ``LinearRule`` or
 None when that instance is not supported (it then falls back to the generic path). Lookup is
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import finite
-from ..finite import NTKLinear
+from ..layers import finite
+from ..layers.finite import NTKLinear
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _torch_conv1d(m: nn.Conv1d) -> Optional[LinearRule]:
 
 
 def _ntk_conv2d(m) -> LinearRule:
-    """ntkit.finite.NTKConv2d: neural-tangents' SAME/VALID/CIRCULAR padding, then conv2d."""
+    """ntkit.layers.finite.NTKConv2d: neural-tangents' SAME/VALID/CIRCULAR padding, then conv2d."""
 
     def patches(u):
         u = finite.same_or_circular_pad(u, m.kernel_size, m.stride, m.padding)

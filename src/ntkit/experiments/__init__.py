@@ -2,14 +2,23 @@
 
 Contract: each experiment module defines
 
-    def run(out_dir: pathlib.Path, quick: bool = False, seed: int = 0, **options) -> dict
+    def run(out_dir: pathlib.Path, quick: bool = False, seed: int = 0,
+            progress: Optional[bool] = None, **options) -> dict
 
 which writes its PNG figure(s) and a ``results.json`` of the numbers into ``out_dir`` and returns
-the same dict. ``quick=True`` is a small configuration for tests and the demo. The registry
-below maps the command-line name (``ntkit experiment NAME``) to the module and a one-line
-description; ``get(name)`` imports the module on demand.
+the same dict. ``quick=True`` is a small configuration for tests and the demo; ``progress``
+shows progress bars on stderr (None: when stderr is a terminal). Its options are declared: as
+keyword parameters of ``run`` with their defaults, and as the keys of the module's ``FULL`` and
+``QUICK`` dicts (the full and quick configurations; an unknown option is a TypeError). The
+registry below maps the command-line name (``ntkit experiment NAME``) to the module and a
+one-line description; ``get(name)`` imports the module on demand and returns ``run``,
+``module(name)`` the module itself.
+
+Experiment modules use the public API of ntkit and ``common`` (their shared helpers); they never
+import each other or the command line.
 """
 from importlib import import_module
+from types import ModuleType
 from typing import Callable, Dict, Tuple
 
 REGISTRY: Dict[str, Tuple[str, str]] = {
@@ -31,9 +40,13 @@ def names():
     return sorted(REGISTRY)
 
 
-def get(name: str) -> Callable:
-    """The ``run`` function of experiment ``name`` (ValueError naming the choices if unknown)."""
+def module(name: str) -> ModuleType:
+    """The module of experiment ``name`` (ValueError naming the choices if unknown)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(names())}")
-    module = import_module(f"{__name__}.{REGISTRY[name][0]}")
-    return module.run
+    return import_module(f"{__name__}.{REGISTRY[name][0]}")
+
+
+def get(name: str) -> Callable:
+    """The ``run`` function of experiment ``name`` (ValueError naming the choices if unknown)."""
+    return module(name).run

@@ -15,18 +15,25 @@ taken evenly across the class-sorted test set, so that classes are balanced).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import scipy.linalg
 import torch
 
+from .common import progress_bar, pyplot, save_figure, start_run, write_results
+
 PAPER_V_2K = {3: 40.94, 4: 42.54, 6: 43.43, 11: 43.42, 21: 42.53}
 PAPER_GAP_2K = {3: 49.71, 4: 51.06, 6: 51.73, 11: 51.92, 21: 52.22}
 PAPER_GAP_FULL = {3: 70.47, 4: 75.93, 6: 76.73, 11: 77.43, 21: 77.08}
+# gap_depths None: the V column's depths; gap_n_train/gap_n_test None: 250 on CUDA, 0 on the CPU
+# (the GAP column skipped). Quick: tiny subsets, GAP images average-pooled to 8x8.
+FULL = {"depths": [3, 4, 6, 11, 21], "n_train": 2000, "n_test": 10000, "gap_depths": None,
+        "gap_n_train": None, "gap_n_test": None, "v_column": True}
+QUICK = {"depths": [3, 4], "n_train": 20, "n_test": 20, "gap_depths": [3], "gap_n_train": 10,
+         "gap_n_test": 10, "v_column": True}
 
 
 def cntk(depth: int, gap: bool):
@@ -69,9 +76,7 @@ def _kernels(arch, x_train, x_test, device, dtype):
 
 
 def _plot(rows: List[Dict], path: Path, gap_label: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     d = [r["depth"] for r in rows]
     ax.plot(d, [r["paper_v_2k"] for r in rows], "k--o", label="paper CNTK-V-2K")
@@ -85,51 +90,46 @@ def _plot(rows: List[Dict], path: Path, gap_label: str) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("CIFAR-10 CNTK (Arora et al. 2019)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
-        depths: Optional[Sequence[int]] = None, n_train: Optional[int] = None,
-        n_test: Optional[int] = None, gap_depths: Optional[Sequence[int]] = None,
-        gap_n_train: Optional[int] = None, gap_n_test: Optional[int] = None,
-        device: str = "auto", dtype: str = "float64", v_column: bool = True, **_) -> dict:
+        device: str = "auto", dtype: str = "float64", progress: Optional[bool] = None,
+        **options) -> dict:
     """Write table.md, results.json and cifar10_cntk.png into ``out_dir``; return the results.
 
-    ``quick``: 20 training / 20 test images and depths (3, 4) for the V column, and a GAP column
-    on 10 / 10 images average-pooled to 8x8 (for tests). Full run: V on 2,000 / 10,000 at depths
-    3, 4, 6, 11, 21; GAP on ``gap_n_train`` / ``gap_n_test`` (default 0 on CPU: skipped; 250 /
-    250 on CUDA) at ``gap_depths`` (default all depths). ``seed`` is unused (no randomness).
+    Options (``FULL``; ``QUICK`` for tests): ``depths``, ``n_train``/``n_test`` of the V column
+    (2,000 / 10,000 at depths 3, 4, 6, 11, 21), ``gap_depths``, ``gap_n_train``/``gap_n_test`` of
+    the GAP column (default 250 / 250 on CUDA, skipped on the CPU), ``v_column``. Quick: V on
+    20 / 20 images at depths 3, 4, GAP on 10 / 10 images average-pooled to 8x8 at depth 3.
+    ``seed`` is unused (no randomness). ``progress``: a bar over the kernels on stderr.
     """
     from ..data.cifar10 import load_cifar10
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, out_dir, _ = start_run(out_dir, quick, options, QUICK, FULL)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     dt = {"float64": torch.float64, "float32": torch.float32}[str(dtype)]
-    if quick:
-        depths = tuple(depths or (3, 4))
-        n_train, n_test = n_train or 20, n_test or 20
-        gap_depths = tuple(gap_depths or (3,))
-        gap_n_train, gap_n_test = gap_n_train or 10, gap_n_test or 10
-    else:
-        depths = tuple(depths or (3, 4, 6, 11, 21))
-        n_train, n_test = n_train or 2000, n_test or 10000
-        gap_depths = tuple(gap_depths or depths)
-        default_gap = 250 if dev.type == "cuda" else 0
-        gap_n_train = default_gap if gap_n_train is None else gap_n_train
-        gap_n_test = default_gap if gap_n_test is None else gap_n_test
+    depths = tuple(int(d) for d in cfg["depths"])
+    n_train, n_test, v_column = int(cfg["n_train"]), int(cfg["n_test"]), bool(cfg["v_column"])
+    gap_depths = depths if cfg["gap_depths"] is None else tuple(int(d) for d in cfg["gap_depths"])
+    default_gap = 250 if dev.type == "cuda" else 0
+    gap_n_train = default_gap if cfg["gap_n_train"] is None else int(cfg["gap_n_train"])
+    gap_n_test = default_gap if cfg["gap_n_test"] is None else int(cfg["gap_n_test"])
     x_tr, y_tr, x_te, y_te = load_cifar10(data_path, lossless=True, n_train=n_train,
                                           dtype=np.float64)
     te = _balanced(n_test, len(x_te))
     x_te, y_te = x_te[te], y_te[te]
     rows, timings = [], {}
+    gap_runs = [d for d in depths if d in gap_depths] if gap_n_train and gap_n_test else []
+    bar = progress_bar(None, "cifar10-cntk", progress, unit="kernel",
+                       total=len(depths) * v_column + len(gap_runs))
     for d in depths:
         acc = None
         if v_column:
+            bar.set_postfix_str(f"CNTK-V depth {d}")
             t0 = time.perf_counter()
             k_tr, k_te = _kernels(cntk(d, gap=False), x_tr, x_te, dev, dt)
+            bar.update(1)
             timings[f"v_{d}"] = time.perf_counter() - t0
             acc = regression_accuracy(k_tr, k_te, y_tr, y_te)
         rows.append({"depth": d, "paper_v_2k": PAPER_V_2K.get(d), "ntkit_v": acc,
@@ -148,8 +148,10 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
         for r in rows:
             if r["depth"] not in gap_depths:
                 continue
+            bar.set_postfix_str(f"CNTK-GAP depth {r['depth']}")
             t0 = time.perf_counter()
             k_tr, k_te = _kernels(cntk(r["depth"], gap=True), xg_tr, xg_te, dev, dt)
+            bar.update(1)
             timings[f"gap_{r['depth']}"] = time.perf_counter() - t0
             r["ntkit_gap"] = regression_accuracy(k_tr, k_te, yg_tr, yg_te)
     results = {
@@ -168,6 +170,6 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
               f"Device {dev}, {dtype}."]
     results["markdown"] = "\n".join(lines)
     (out_dir / "table.md").write_text(results["markdown"] + "\n")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    bar.close()
     _plot(rows, out_dir / "cifar10_cntk.png", gap_label)
-    return results
+    return write_results(out_dir, results, indent=2)

@@ -2,7 +2,8 @@
 
 On scikit-learn's digits (1,347 train / 450 test 8×8 images, standardized; the fixed split of
 ``ntkit.data.load_digits``), for fully-connected ReLU architectures of increasing depth
-(``fc:depth=L,act=relu,W_std=sqrt(2),b_std=0.05``):
+(L hidden ReLU layers, W_std=√2, b_std=0.05, NTK parameterization; ``fc:depth=L`` on the
+command line):
 
 * NTK regression: the mean prediction of infinitely wide networks trained to convergence by
   gradient flow on MSE (Jacot et al. 2018; Lee et al. 2019), f(x) = Θ(x, X) (Θ(X, X) + λI)⁻¹ Y;
@@ -20,7 +21,7 @@ deep), ``kernel_pca.png`` (first two kernel principal components of NTK and NNGP
 """
 from __future__ import annotations
 
-import json
+import math
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,9 +29,17 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-FULL_DEPTHS = (1, 2, 3, 4, 6, 8, 12, 16)
-QUICK_DEPTHS = (1, 3)
-ARCH = "fc:depth={depth},act=relu,W_std=sqrt(2),b_std=0.05"
+from .common import progress_bar, relu_mlp, write_results
+
+FULL = {"depths": [1, 2, 3, 4, 6, 8, 12, 16]}
+QUICK = {"depths": [1, 3]}   # and 400 training / 150 test images, smaller baselines
+ARCH = "fc:depth={depth},act=relu,W_std=sqrt(2),b_std=0.05"  # the same, in the command-line syntax
+W_STD, B_STD = math.sqrt(2.0), 0.05
+
+
+def architecture(depth: int, width: int = 512, out: int = 1):
+    """``depth`` × [Linear(width), ReLU], Linear(out); W_std=√2, b_std=0.05 (``ARCH``)."""
+    return relu_mlp(width, depth, W_std=W_STD, b_std=B_STD, out=out)
 
 
 def _kernel_regression(k_train: torch.Tensor, k_test_train: torch.Tensor, y: torch.Tensor,
@@ -52,10 +61,8 @@ def _finite_mlp(xtr, ytr, xte, yte, seed: int, epochs: int, width: int = 512) ->
     accuracy. Adam's update is written out here: ``torch.optim`` imports torch's compiler
     stack on first use, which costs seconds. Runs on one thread: the matrices are small, and
     on a busy machine a second thread costs more in synchronization than it gains."""
-    from ..archspec import parse_arch
-
-    net = parse_arch(f"fc:depth=2,width={width},out=10,act=relu,W_std=sqrt(2),b_std=0.05").init(
-        (xtr.shape[1],), seed=seed, dtype=torch.float32)
+    net = architecture(2, width=width, out=10).init((xtr.shape[1],), seed=seed,
+                                                    dtype=torch.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -138,20 +145,17 @@ def _estimator_check(arch, xtr, ytr, xte, yte, diag_reg: float, expected: float)
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequence[int]] = None,
         diag_reg: float = 1e-4, dtype: str = "float64", device: str = "cpu",
-        progress: bool = False) -> dict:
+        progress: Optional[bool] = None) -> dict:
     """Run the comparison; write the figures and ``results.json`` into ``out_dir``.
 
     ``quick``: 400 training and 150 test images, depths (1, 3), smaller baselines.
     """
-    from tqdm.auto import tqdm
-
-    from ..archspec import parse_arch
-    from ..data.digits import load_digits
-    from ..report import plots
+    from ..data import load_digits
+    from . import digits_plots as plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    depths = tuple(int(d) for d in (depths or (QUICK_DEPTHS if quick else FULL_DEPTHS)))
+    depths = tuple(int(d) for d in (depths or (QUICK if quick else FULL)["depths"]))
     tdtype = torch.float32 if dtype == "float32" else torch.float64
     xtr, ytr, xte, yte = load_digits()
     if quick:
@@ -164,9 +168,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
     onehot = torch.eye(10, dtype=tdtype, device=device)[torch.from_numpy(ytr)]
 
     rows, kernels = [], {}
-    bar = tqdm(total=len(depths) + 3, desc="digits-kernels", disable=not progress, leave=False)
+    bar = progress_bar(None, "digits-kernels", progress, total=len(depths) + 3)
     for depth in depths:
-        arch = parse_arch(ARCH.format(depth=depth))
+        arch = architecture(depth)
         start = time.perf_counter()
         k = arch.kernel(x_all)
         kernel_s = time.perf_counter() - start
@@ -187,7 +191,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
 
     best_ntk = max(rows, key=lambda r: r["ntk_accuracy"])
     best_nngp = max(rows, key=lambda r: r["nngp_accuracy"])
-    check = _estimator_check(parse_arch(best_ntk["arch"]), xtr, ytr, xte, yte, diag_reg,
+    check = _estimator_check(architecture(best_ntk["depth"]), xtr, ytr, xte, yte, diag_reg,
                              best_ntk["ntk_accuracy"])
 
     # figures
@@ -230,5 +234,4 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
         "estimator_check": check,
         "figures": figures,
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    return results
+    return write_results(out_dir, results)

@@ -18,7 +18,7 @@ loss falls below 1e-3 · ½ mean(ȳ²) (or a step cap). Numbers are averaged ove
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -26,7 +26,11 @@ from torch.func import functional_call, grad, jacrev, jvp
 
 from .. import layers as L
 from ..predict import max_learning_rate
-from ._dynamics_common import figure, loglog_slope, mse, one_thread, write_results
+from .common import (fit_loglog, mse, one_thread, progress_bar, pyplot, save_figure, start_run,
+                     write_results)
+
+FULL = {"widths": [10, 30, 100, 300, 1000, 3000, 10000], "seeds": 3, "max_steps": 20000}
+QUICK = {"widths": [10, 100, 1000], "seeds": 1, "max_steps": 1500}
 
 
 def make_data(n: int = 10):
@@ -113,27 +117,25 @@ def train_width(width: int, seed: int, x: np.ndarray, y: np.ndarray, lr: float,
                 final_loss=final, **k)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     """Widths (default 10..10,000; quick 10, 100, 1000), seeds per width (default 3; quick 1),
     step cap (20,000; quick 1,500). Writes lazy_training.png and results.json."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    widths = list(options.get("widths", [10, 100, 1000] if quick else
-                              [10, 30, 100, 300, 1000, 3000, 10000]))
-    n_seeds = int(options.get("seeds", 1 if quick else 3))
-    max_steps = int(options.get("max_steps", 1500 if quick else 20000))
+    cfg, out_dir, _ = start_run(out_dir, quick, options, QUICK, FULL)
+    widths = [int(w) for w in cfg["widths"]]
+    n_seeds, max_steps = int(cfg["seeds"]), int(cfg["max_steps"])
     x, y = make_data()
     lr = 0.5 * max_learning_rate(architecture(1).kernel(x).ntk, y.size)
     rows = []
     with one_thread():
-        for m in widths:
+        for m in progress_bar(widths, "lazy training", progress):
             runs = [train_width(m, seed * 7919 + 31 * s + m, x, y, lr, max_steps)
                     for s in range(n_seeds)]
             row = {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k != "width"}
             rows.append(dict(width=m, **row))
-    slope_rel = loglog_slope(widths, [r["rel_weight_change"] for r in rows])
-    slope_kappa = loglog_slope(widths, [r["kappa"] for r in rows])
-    plt = figure()
+    slope_rel = fit_loglog(widths, [r["rel_weight_change"] for r in rows])[0]
+    slope_kappa = fit_loglog(widths, [r["kappa"] for r in rows])[0]
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     w = np.asarray(widths, float)
     a1.loglog(w, [r["rel_weight_change"] for r in rows], "o-",
@@ -149,9 +151,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     a2.set_xlabel("width m")
     a2.set_title("lazy-training ratio κ = ‖y(w₀) − ȳ‖ ‖∇²y‖ / ‖∇y‖²", fontsize=9)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "lazy_training.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_dir / "lazy_training.png")
     results = {
         "experiment": "lazy-training", "quick": quick, "seed": seed, "learning_rate": lr,
         "loss": "mean", "stop": "loss < 1e-3 * mean(y^2)/2 or step cap", "max_steps": max_steps,

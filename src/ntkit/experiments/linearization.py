@@ -15,7 +15,7 @@ width^-1/2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -23,13 +23,16 @@ import torch
 from .. import layers as L
 from ..empirical import empirical_ntk
 from ..predict import MSEDynamics, max_learning_rate
-from ._dynamics_common import figure, loglog_slope, mse, one_thread, write_results
+from .common import (fit_loglog, mse, one_thread, progress_bar, pyplot, relu_mlp, save_figure,
+                     start_run, write_results)
+
+FULL = {"widths": [64, 256, 1024, 4096], "seeds": 3, "steps": 400}
+QUICK = {"widths": [32, 256, 1024], "seeds": 1, "steps": 60}
 
 
 def relu_net(width: int) -> L.Sequential:
-    w, b = 2 ** 0.5, 0.1
-    return L.Sequential(L.Linear(width, W_std=w, b_std=b), L.ReLU(),
-                        L.Linear(width, W_std=w, b_std=b), L.ReLU(), L.Linear(1, W_std=w, b_std=b))
+    """Two hidden ReLU layers of ``width``, W_std=√2, b_std=0.1."""
+    return relu_mlp(width, 2, W_std=2 ** 0.5, b_std=0.1)
 
 
 def make_data(seed: int, n_train: int = 8, n_test: int = 12, dim: int = 4):
@@ -85,22 +88,22 @@ def one_width(width: int, seed: int, steps: int, record: List[int], lr: float, d
                 traj=dict(f_tr=f_tr, f_te=f_te, lin_tr=lin_tr, lin_te=lin_te))
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     """Widths (default 64..4096; quick 32, 256, 1024), seeds per width (3; quick 1), steps (400;
     quick 60) at learning rate 0.5 · the largest stable one of the analytic NTK. Writes
     linearization.png (outputs over time for the widest net; error against width) and
     results.json."""
-    out_dir = Path(out_dir)
-    widths = list(options.get("widths", [32, 256, 1024] if quick else [64, 256, 1024, 4096]))
-    n_seeds = int(options.get("seeds", 1 if quick else 3))
-    steps = int(options.get("steps", 60 if quick else 400))
+    cfg, out_dir, _ = start_run(out_dir, quick, options, QUICK, FULL)
+    widths = [int(w) for w in cfg["widths"]]
+    n_seeds, steps = int(cfg["seeds"]), int(cfg["steps"])
     data = make_data(seed)
     ref = relu_net(1).kernel(data[0]).ntk
     lr = 0.5 * max_learning_rate(ref, data[1].size)
     record = sorted(set(np.unique(np.geomspace(1, steps, 25).astype(int)).tolist() + [0]))
     rows = []
     with one_thread():
-        for w in widths:
+        for w in progress_bar(widths, "linearization", progress):
             runs = [one_width(w, seed * 1000 + s, steps, record, lr, data) for s in range(n_seeds)]
             rows.append(dict(width=w,
                              rel_err_linearized=float(np.mean([r["rel_err_linearized"]
@@ -110,9 +113,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
                              final_train_loss=float(np.mean([r["final_train_loss"]
                                                              for r in runs])),
                              last=runs[0]))
-    slope_lin = loglog_slope(widths, [r["rel_err_linearized"] for r in rows])
-    slope_ana = loglog_slope(widths, [r["rel_err_analytic_ntk"] for r in rows])
-    plt = figure()
+    slope_lin = fit_loglog(widths, [r["rel_err_linearized"] for r in rows])[0]
+    slope_ana = fit_loglog(widths, [r["rel_err_analytic_ntk"] for r in rows])[0]
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     tr = rows[-1]["last"]["traj"]
     for j, color in zip(range(3), ("tab:blue", "tab:orange", "tab:green")):
@@ -137,10 +140,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     a2.set_xlabel("width")
     a2.set_ylabel("max_t |f_t - f_t^lin| / |f_t - f_0|")
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / "linearization.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_dir / "linearization.png")
     results = {
         "experiment": "linearization", "quick": quick, "seed": seed, "steps": steps,
         "learning_rate": lr, "loss": "mean", "seeds_per_width": n_seeds,

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ntkit.empirical import empirical_ntk
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
-from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
-from ntkit.experiments.width_sweep import fit_loglog, relative_frobenius, relu_mlp, sphere_inputs
+from .common import (fit_loglog, progress_bar, pyplot, relative_frobenius, relu_mlp,
+                     save_figure, sphere_inputs, standalone_main, start_run, write_results)
 
 FULL = {"widths": [64, 128, 256, 512, 1024, 2048, 4096], "seeds": 4, "n_train": 16,
         "n_test": 16, "d": 4, "depth": 4, "steps": 200, "dtype": "float32"}
@@ -51,9 +51,7 @@ def learning_rate(limit_train: torch.Tensor) -> float:
 
 
 def plot(path: Path, widths, drift, dist, fits, cfg) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     w = np.asarray(widths, float)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -75,16 +73,17 @@ def plot(path: Path, widths, drift, dist, fits, cfg) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     dtype = getattr(torch, cfg["dtype"])
     x_train, y_train, x_all = task(cfg["n_train"], cfg["n_test"], cfg["d"], seed)
-    limit = relu_mlp(1, cfg["depth"]).kernel(x_all, get="ntk").ntk
+    limit = relu_mlp(1, cfg["depth"] - 1).kernel(x_all, get="ntk").ntk
     n = cfg["n_train"]
     lr = learning_rate(limit[:n, :n])
     drift, dist, losses = {}, {}, {}
-    for width in tqdm(cfg["widths"], desc="ntk drift", disable=None):
-        arch = relu_mlp(width, cfg["depth"])
+    for width in progress_bar(cfg["widths"], "ntk drift", progress):
+        arch = relu_mlp(width, cfg["depth"] - 1)
         drift[width], dist[width], losses[width] = [], [], []
         for s in range(cfg["seeds"]):
             net = arch.init((cfg["d"],), seed=seed * 1000 + s, dtype=dtype).eval()

@@ -17,25 +17,26 @@ Depth counts Linear layers (Jacot's L). The training targets are fixed values at
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from .. import layers as L
 from ..predict import ntk_ensemble
-from ._dynamics_common import figure, one_thread, train_ensemble, unit_circle, write_results
+from .common import (one_thread, progress_bar, pyplot, relu_mlp, save_figure, start_run,
+                     train_ensemble, unit_circle, write_results)
 
 Z80 = 1.2815515655446004          # the 90% quantile of N(0, 1): mean ± Z80·σ holds 80%
 TRAIN_ANGLES = np.array([-2.0, -1.2, 0.4, 1.6])
 TRAIN_TARGETS = np.array([-0.4, 0.3, 0.6, -0.2])
+FULL = {"n_nets": 200, "steps": 1000, "n_test": 81, "paper_nets": 10, "paper_widths": [50, 1000]}
+QUICK = {"n_nets": 12, "steps": 100, "n_test": 21, "paper_nets": 4, "paper_widths": [50, 200]}
 
 
 def relu_net(depth: int, width: int) -> L.Sequential:
-    hidden: List[L.Layer] = []
-    for _ in range(depth - 1):
-        hidden += [L.Linear(width, W_std=1.0, b_std=0.1), L.ReLU()]
-    return L.Sequential(*hidden, L.Linear(1, W_std=1.0, b_std=0.1))
+    """``depth`` Linear layers (depth - 1 hidden ReLU layers of ``width``), W_std=1, b_std=0.1."""
+    return relu_mlp(width, depth - 1, W_std=1.0, b_std=0.1)
 
 
 def compare(depth: int, width: int, n_nets: int, steps: int, n_test: int, seed: int,
@@ -82,40 +83,35 @@ def _plot_band(ax, r, title: str, show_nets: int = 0):
     ax.set_title(title, fontsize=9)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     """Both configurations; writes ntk_gp_poster.png, ntk_gp_paper.png and results.json.
 
     options: n_nets (poster, default 200; quick 12), steps (1000; quick 100),
     n_test (81; quick 21), paper_nets (10 per width, as Jacot et al.; quick 4),
     paper_widths ((50, 1000); quick (50, 200)).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n_nets = int(options.get("n_nets", 12 if quick else 200))
-    steps = int(options.get("steps", 100 if quick else 1000))
-    n_test = int(options.get("n_test", 21 if quick else 81))
-    paper_nets = int(options.get("paper_nets", 4 if quick else 10))
-    paper_widths = tuple(options.get("paper_widths", (50, 200) if quick else (50, 1000)))
+    cfg, out_dir, _ = start_run(out_dir, quick, options, QUICK, FULL)
+    n_nets, steps, n_test = int(cfg["n_nets"]), int(cfg["steps"]), int(cfg["n_test"])
+    paper_nets = int(cfg["paper_nets"])
+    paper_widths = tuple(int(w) for w in cfg["paper_widths"])
     with one_thread():
-        poster = compare(3, 100, n_nets, steps, n_test, seed)
-        paper = [compare(4, w, paper_nets, steps, n_test, seed + 1) for w in paper_widths]
-    plt = figure()
+        runs = [(3, 100, n_nets, seed)] + [(4, w, paper_nets, seed + 1) for w in paper_widths]
+        poster, *paper = [compare(depth, width, nets, steps, n_test, s) for depth, width, nets, s
+                          in progress_bar(runs, "ntk-gp", progress)]
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     _plot_band(ax, poster, f"depth 3, width 100, {n_nets} networks, {steps} steps: "
                            f"{100 * poster['fraction_inside_80']:.1f}% of outputs inside the "
                            f"80% band", show_nets=30)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "ntk_gp_poster.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_dir / "ntk_gp_poster.png")
     fig, axes = plt.subplots(1, len(paper), figsize=(5.5 * len(paper), 4.0), sharey=True)
     for ax, r in zip(np.atleast_1d(axes), paper):
         _plot_band(ax, r, f"depth 4, width {r['width']}, {r['n_nets']} networks: "
                           f"{100 * r['fraction_inside_80']:.0f}% inside", show_nets=r["n_nets"])
     np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "ntk_gp_paper.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_dir / "ntk_gp_paper.png")
     keep = ("depth", "width", "n_nets", "steps", "learning_rate", "fraction_inside_80",
             "mean_abs_err_median_vs_gp_mean", "rel_err_empirical_mean", "rel_err_empirical_std")
     results = {

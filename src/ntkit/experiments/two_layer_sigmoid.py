@@ -17,7 +17,7 @@ architecture (E[a²] = 1). Gradient flow is integrated by gradient descent with 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -25,7 +25,12 @@ import torch
 from .. import layers as L
 from ..empirical import empirical_ntk
 from ..predict import MSEDynamics
-from ._dynamics_common import figure, loglog_slope, one_thread, write_results
+from .common import (fit_loglog, one_thread, progress_bar, pyplot, save_figure, start_run,
+                     write_results)
+
+# T None: 8/λ_min(K^∞) (quick 3/λ_min); dt None: 0.5/λ_max(K^∞)
+FULL = {"widths": [50, 100, 200, 400, 800, 1600, 3200], "T": None, "dt": None}
+QUICK = {"widths": [32, 128, 512], "T": None, "dt": None}
 
 
 def make_data(seed: int, n: int = 6, dim: int = 5, radius: float = 3.0):
@@ -79,23 +84,23 @@ def train_width(width: int, seed: int, x: np.ndarray, y: np.ndarray, T: float, d
                 lam_min_path=float(min(lam_min)), max_dw=dw, max_da=da, u_final=u_final)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     """Widths (default 50..3200; quick 32, 128, 512), time T (default 8/λ_min(K^∞); quick
     3/λ_min), step dt (0.5/λ_max(K^∞) capped for stability). Writes two_layer_sigmoid.png and
     results.json."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    widths = list(options.get("widths", [32, 128, 512] if quick else
-                              [50, 100, 200, 400, 800, 1600, 3200]))
+    cfg, out_dir, _ = start_run(out_dir, quick, options, QUICK, FULL)
+    widths = [int(w) for w in cfg["widths"]]
     x, y = make_data(seed)
     k_inf = architecture(1, x.shape[1]).kernel(x).ntk
     evals = torch.linalg.eigvalsh(k_inf).numpy()
     lam_inf, lam_max = float(evals[0]), float(evals[-1])
-    T = float(options.get("T", (3.0 if quick else 8.0) / lam_inf))
-    dt = float(options.get("dt", 0.5 / lam_max))
+    T = float((3.0 if quick else 8.0) / lam_inf if cfg["T"] is None else cfg["T"])
+    dt = float(0.5 / lam_max if cfg["dt"] is None else cfg["dt"])
     n_checks = 5 if quick else 11
     with one_thread():
-        runs = [train_width(m, seed * 7919 + m, x, y, T, dt, n_checks) for m in widths]
+        runs = [train_width(m, seed * 7919 + m, x, y, T, dt, n_checks)
+                for m in progress_bar(widths, "two-layer sigmoid", progress)]
     krr = MSEDynamics(k_inf, y).predict(T)
     rel_to_kernel = [float(np.linalg.norm(r["u_final"] - krr.numpy()) / np.linalg.norm(y))
                      for r in runs]
@@ -104,9 +109,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     for r in runs:
         bound = y2 * np.exp(-2 * r["times"] * r["lam_min_path"])
         bound_ok.append(bool(np.all(r["resid2"] <= bound * (1 + 1e-9) + 1e-12)))
-    slope_w = loglog_slope(widths, [r["max_dw"] for r in runs])
-    slope_a = loglog_slope(widths, [r["max_da"] for r in runs])
-    plt = figure()
+    slope_w = fit_loglog(widths, [r["max_dw"] for r in runs])[0]
+    slope_a = fit_loglog(widths, [r["max_da"] for r in runs])[0]
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     big = runs[-1]
     a1.semilogy(big["times"], big["resid2"], lw=2, label=f"‖y − u(t)‖², width {big['width']}")
@@ -127,9 +132,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     a2.loglog(w, runs[0]["max_dw"] * (w / w[0]) ** -0.5, ":", color="gray", label="m^-1/2")
     a2.set_xlabel("width m")
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "two_layer_sigmoid.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_dir / "two_layer_sigmoid.png")
     results = {
         "experiment": "two-layer-sigmoid", "quick": quick, "seed": seed, "T": T, "dt": dt,
         "n_train": int(len(y)), "lambda_min_K_inf": lam_inf, "lambda_max_K_inf": lam_max,

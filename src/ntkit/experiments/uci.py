@@ -8,9 +8,9 @@ NNGP kernel, an RBF SVM, a random forest and a trained MLP, all under the same p
 - the winner is retrained on each of the 4 (train, test) pairs of ``conxuntos_kfold.dat``; the
   dataset's accuracy is the mean of the 4 test accuracies.
 
-Grids. NTK: K[dep][fix] of ``ntkit.uci_grid`` (dep 0..4, fix 0..dep, all from one recursion) ×
-C ∈ 10^-2..10^4, SVC(kernel="precomputed"). NNGP: the same stream restricted to fix = dep
-(K[dep][dep] = Σ⁽ᵈᵉᵖ⁾, the GP kernel of the same nets) × the same C. RBF: exp(-γ|x-x'|²),
+Grids. NTK: K[dep][fix] (dep 0..4, fix 0..dep; see ``ntk_grid``) × C ∈ 10^-2..10^4,
+SVC(kernel="precomputed"). NNGP: the same stream restricted to fix = dep (K[dep][dep] = Σ⁽ᵈᵉᵖ⁾,
+the GP kernel of the same nets) × the same C. RBF: exp(-γ|x-x'|²),
 γ ∈ {2^-6, 2^-4, 2^-2, 1, 4}/d × the same C. RF: 200 trees (30 when quick), max_features ∈
 {√d/2, √d, 2√d, d} (rounded, clipped to 1..d, deduplicated). MLP: sklearn MLPClassifier (Adam,
 ReLU, at most 200 epochs, 50 when quick; early stopping on a 10% hold-out of the training
@@ -27,13 +27,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
+
+import ntkit as nk
+
+from .common import progress_bar, pyplot, save_figure, write_results
 
 CLASSIFIERS = ("NTK", "NNGP", "RBF-SVM", "RF", "MLP")
 C_GRID = tuple(10.0 ** k for k in range(-2, 5))
@@ -50,9 +54,62 @@ SVM_MAX_ITER = 100_000
 QUICK_DATASETS = ("balloons", "iris", "lenses", "trains", "zoo")
 
 
+# -- the kernels --------------------------------------------------------------------------------
+def grid_architecture(d: int, dep: int, fix: int) -> nk.Sequential:
+    """The net of K[dep][fix] (PROTOCOL.md section 3, the ``NTK.py`` of Arora et al. 2020): a
+    bias-free ReLU net with ``dep`` hidden layers whose first ``fix`` Linear layers are frozen.
+
+    With ntkit's input kernel X Xᵀ/d, a first Linear(W_std=√d) gives Σ⁽⁰⁾ = X Xᵀ, and each
+    ReLU + Linear(W_std=1) is the protocol's map with θ = arccos(Σ_ij / sqrt(Σ_ii Σ_jj)):
+
+        Σ⁽ʰ⁺¹⁾_ij = sqrt(Σ_ii Σ_jj) (sin θ + (π - θ) cos θ) / (2π),   Σ̇⁽ʰ⁺¹⁾_ij = (π - θ) / (2π)
+
+    (E[relu(u) relu(v)] and E[relu'(u) relu'(v)], Cho & Saul 2009), so the NTK of this net is
+
+        K[dep][fix] = Σ_{h=fix..dep} Σ⁽ʰ⁾ · Π_{h'=h+1..dep} Σ̇⁽ʰ'⁾     (0 <= fix <= dep):
+
+    K[0][0] = X Xᵀ, K[dep][0] the full NTK, K[dep][dep] = Σ⁽ᵈᵉᵖ⁾ the NNGP kernel of the net.
+    Widths (1) only matter to ``init``.
+    """
+    layers: List[nk.Layer] = [nk.Linear(1, W_std=math.sqrt(d), b_std=None, trainable=fix == 0)]
+    for h in range(1, dep + 1):
+        layers += [nk.ReLU(), nk.Linear(1, W_std=1.0, b_std=None, trainable=h >= fix)]
+    return nk.Sequential(*layers)
+
+
+def ntk_grid(X: np.ndarray, n_depths: int = N_DEPTHS
+             ) -> Iterator[Tuple[int, int, np.ndarray]]:
+    """Yield ``(dep, fix, K)`` for dep = 0..n_depths-1 and fix = 0..dep, in that order (the
+    protocol's selection order), K (n, n) float64 = K[dep][fix] of ``grid_architecture`` on the
+    rows of X (n, d), computed by ``arch.kernel``. The kernel with fix = 0 of each depth also
+    gives K[dep][dep] (its NNGP), so a depth costs dep kernel computations, not dep + 1."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] < 1:
+        raise ValueError(f"ntk_grid: X must be a 2-d (n, d) array, got shape {X.shape}")
+    if int(n_depths) < 1:
+        raise ValueError(f"ntk_grid: n_depths must be >= 1, got {n_depths}")
+    x = torch.from_numpy(X)
+    d = X.shape[1]
+    for dep in range(int(n_depths)):
+        full = grid_architecture(d, dep, 0).kernel(x)
+        yield dep, 0, full.ntk.numpy()
+        for fix in range(1, dep):
+            yield dep, fix, grid_architecture(d, dep, fix).kernel(x, get="ntk").ntk.numpy()
+        if dep > 0:
+            yield dep, dep, full.nngp.numpy()
+
+
 # -- fitting helpers ---------------------------------------------------------------------------
-def _fit_score(make: Callable, Xtr, ytr, Xte, yte) -> float:
-    """Accuracy of ``make()`` fit on (Xtr, ytr); a one-class training set predicts that class."""
+class _Capped:
+    """Counts the fits of one classifier that an iteration cap stopped (reported per dataset)."""
+
+    def __init__(self):
+        self.fits = 0
+
+
+def _fit_score(make: Callable, Xtr, ytr, Xte, yte, capped: _Capped) -> float:
+    """Accuracy of ``make()`` fit on (Xtr, ytr); a one-class training set predicts that class.
+    A fit stopped by its iteration cap (a ConvergenceWarning) is counted in ``capped``."""
     if yte.size == 0:
         raise ValueError("empty test side")
     classes = np.unique(ytr)
@@ -64,11 +121,8 @@ def _fit_score(make: Callable, Xtr, ytr, Xte, yte) -> float:
         model.fit(Xtr, ytr)
         acc = float(np.mean(model.predict(Xte) == yte))
     if any("max_iter" in str(w.message) or "iterations" in str(w.message) for w in caught):
-        _CAPPED[0] += 1
+        capped.fits += 1
     return acc
-
-
-_CAPPED = [0]  # fits stopped by an iteration cap, in this process
 
 
 def _svc(C: float):
@@ -76,15 +130,16 @@ def _svc(C: float):
     return lambda: SVC(kernel="precomputed", C=C, max_iter=SVM_MAX_ITER)
 
 
-def _kernel_scores(K: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray) -> List[float]:
+def _kernel_scores(K: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
+                   capped: _Capped) -> List[float]:
     """Accuracy for every C of C_GRID of the precomputed-kernel SVC trained on rows ``tr``."""
     Ktr = K[np.ix_(tr, tr)]
     Kte = K[np.ix_(te, tr)]
-    return [_fit_score(_svc(C), Ktr, y[tr], Kte, y[te]) for C in C_GRID]
+    return [_fit_score(_svc(C), Ktr, y[tr], Kte, y[te], capped) for C in C_GRID]
 
 
-def _kfold_kernel(K: np.ndarray, y: np.ndarray, pairs, C: float) -> List[float]:
-    return [_fit_score(_svc(C), K[np.ix_(tr, tr)], y[tr], K[np.ix_(te, tr)], y[te])
+def _kfold_kernel(K: np.ndarray, y: np.ndarray, pairs, C: float, capped: _Capped) -> List[float]:
+    return [_fit_score(_svc(C), K[np.ix_(tr, tr)], y[tr], K[np.ix_(te, tr)], y[te], capped)
             for tr, te in pairs]
 
 
@@ -104,34 +159,32 @@ class _Best:
 
 
 # -- the five classifiers ----------------------------------------------------------------------
-def _kernels_ntk_nngp(ds) -> Dict[str, dict]:
-    from ..uci_grid import iter_ntk_grid
+def _kernels_ntk_nngp(ds, capped: _Capped) -> Dict[str, dict]:
     tr, va = ds.validation
     ntk, nngp = _Best(), _Best()
     t0 = time.perf_counter()
-    for dep, fix, K in iter_ntk_grid(ds.X, N_DEPTHS):
-        scores = _kernel_scores(K, ds.y, tr, va)
+    for dep, fix, K in ntk_grid(ds.X, N_DEPTHS):
+        scores = _kernel_scores(K, ds.y, tr, va, capped)
         for C, s in zip(C_GRID, scores):
             if ntk.offer(s, {"dep": dep, "fix": fix, "C": C}):
                 ntk.payload = None  # the kernel is copied once per kernel below
             if fix == dep and nngp.offer(s, {"dep": dep, "C": C}):
                 nngp.payload = None
-        keep = None
         if ntk.payload is None:  # this kernel holds the NTK's best configuration so far
-            keep = ntk.payload = K.copy()
+            ntk.payload = K
         if fix == dep and nngp.payload is None:
-            nngp.payload = K.copy() if keep is None else keep
+            nngp.payload = K
     select_s = time.perf_counter() - t0
     out = {}
     for name, best in (("NTK", ntk), ("NNGP", nngp)):
         t1 = time.perf_counter()
-        accs = _kfold_kernel(best.payload, ds.y, ds.kfold, best.params["C"])
+        accs = _kfold_kernel(best.payload, ds.y, ds.kfold, best.params["C"], capped)
         out[name] = {"val": best.score, "params": best.params, "pairs": accs,
                      "seconds": (select_s if name == "NTK" else 0.0) + time.perf_counter() - t1}
     return out
 
 
-def _rbf(ds) -> dict:
+def _rbf(ds, capped: _Capped) -> dict:
     tr, va = ds.validation
     t0 = time.perf_counter()
     sq = np.einsum("ij,ij->i", ds.X, ds.X)
@@ -141,10 +194,10 @@ def _rbf(ds) -> dict:
     for g in GAMMA_FACTORS:
         gamma = g / ds.d
         K = np.exp(-gamma * D)
-        for C, s in zip(C_GRID, _kernel_scores(K, ds.y, tr, va)):
+        for C, s in zip(C_GRID, _kernel_scores(K, ds.y, tr, va, capped)):
             if best.offer(s, {"gamma": gamma, "C": C}):
                 best.payload = K
-    accs = _kfold_kernel(best.payload, ds.y, ds.kfold, best.params["C"])
+    accs = _kfold_kernel(best.payload, ds.y, ds.kfold, best.params["C"], capped)
     return {"val": best.score, "params": best.params, "pairs": accs,
             "seconds": time.perf_counter() - t0}
 
@@ -154,30 +207,33 @@ def _rf_grid(d: int) -> List[int]:
     return sorted({min(d, max(1, int(round(f * root)))) for f in (0.5, 1.0, 2.0)} | {d})
 
 
-def _estimator(ds, grid: Sequence[dict], make: Callable[[dict], Callable]) -> dict:
+def _estimator(ds, capped: _Capped, grid: Sequence[dict], make: Callable[[dict], Callable]
+               ) -> dict:
     tr, va = ds.validation
     t0 = time.perf_counter()
     best = _Best()
     for params in grid:
-        best.offer(_fit_score(make(params), ds.X[tr], ds.y[tr], ds.X[va], ds.y[va]), params)
-    accs = [_fit_score(make(best.params), ds.X[a], ds.y[a], ds.X[b], ds.y[b]) for a, b in ds.kfold]
+        best.offer(_fit_score(make(params), ds.X[tr], ds.y[tr], ds.X[va], ds.y[va], capped),
+                   params)
+    accs = [_fit_score(make(best.params), ds.X[a], ds.y[a], ds.X[b], ds.y[b], capped)
+            for a, b in ds.kfold]
     return {"val": best.score, "params": best.params, "pairs": accs,
             "seconds": time.perf_counter() - t0}
 
 
-def _rf(ds, quick: bool, seed: int) -> dict:
+def _rf(ds, quick: bool, seed: int, capped: _Capped) -> dict:
     from sklearn.ensemble import RandomForestClassifier
     trees = 30 if quick else RF_TREES
     grid = [{"max_features": m} for m in _rf_grid(ds.d)]
-    return _estimator(ds, grid, lambda p: lambda: RandomForestClassifier(
+    return _estimator(ds, capped, grid, lambda p: lambda: RandomForestClassifier(
         n_estimators=trees, max_features=p["max_features"], random_state=seed, n_jobs=1))
 
 
-def _mlp(ds, quick: bool, seed: int) -> dict:
+def _mlp(ds, quick: bool, seed: int, capped: _Capped) -> dict:
     from sklearn.neural_network import MLPClassifier
     grid = [{"hidden": list(h), "alpha": a} for h, a in MLP_GRID]
     max_iter = 50 if quick else MLP_MAX_ITER
-    return _estimator(ds, grid, lambda p: lambda: MLPClassifier(
+    return _estimator(ds, capped, grid, lambda p: lambda: MLPClassifier(
         hidden_layer_sizes=tuple(p["hidden"]), alpha=p["alpha"], max_iter=max_iter,
         early_stopping=ds.n >= 200, random_state=seed))
 
@@ -192,13 +248,13 @@ def evaluate_dataset(name: str, root=None, quick: bool = False, seed: int = 0) -
     results = {}
     with threadpool_limits(1):  # parallelism is across datasets
         for key, fn in (("NTK+NNGP", _kernels_ntk_nngp), ("RBF-SVM", _rbf),
-                        ("RF", lambda d: _rf(d, quick, seed)),
-                        ("MLP", lambda d: _mlp(d, quick, seed))):
-            before = _CAPPED[0]
-            out = fn(ds)
+                        ("RF", lambda d, c: _rf(d, quick, seed, c)),
+                        ("MLP", lambda d, c: _mlp(d, quick, seed, c))):
+            capped = _Capped()
+            out = fn(ds, capped)
             out = out if key == "NTK+NNGP" else {key: out}
             for r in out.values():
-                r["capped_fits"] = _CAPPED[0] - before
+                r["capped_fits"] = capped.fits
             results.update(out)
     for r in results.values():
         r["acc"] = float(np.mean(r["pairs"]))
@@ -259,9 +315,7 @@ def _write_csv(rows: List[dict], path: Path) -> None:
 
 
 def _plot(acc: np.ndarray, summary: dict, names: List[str], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     i_ntk, i_rf = CLASSIFIERS.index("NTK"), CLASSIFIERS.index("RF")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
     x, y = 100 * acc[:, i_rf], 100 * acc[:, i_ntk]
@@ -281,9 +335,7 @@ def _plot(acc: np.ndarray, summary: dict, names: List[str], path: Path) -> None:
     ax2.set_xlabel("average Friedman rank (1 = best); label: average accuracy")
     ax2.set_xlim(1, len(CLASSIFIERS) + 0.9)
     ax2.set_title("rank among the compared classifiers")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -305,15 +357,15 @@ def _dataset_list(datasets, quick: bool, root) -> List[str]:
 
 
 def run(out_dir: Union[str, Path], quick: bool = False, seed: int = 0, datasets=None,
-        n_jobs: int = 2, root=None, resume: bool = True, data_dir=None, progress: bool = False,
-        **options) -> dict:
+        n_jobs: int = 2, root=None, resume: bool = True, data_dir=None,
+        progress: Optional[bool] = None, **options) -> dict:
     """The benchmark; writes per_dataset.csv, per_dataset/<name>.json (resumable cache),
     uci.png and results.json into ``out_dir`` and returns the results dict.
 
     datasets: names (list or comma/space separated string); default: the 90 (quick: 5 small).
     n_jobs: datasets evaluated in parallel processes (joblib). resume: reuse cached rows.
     root / data_dir: the uci/ folder or the folder holding it (default: default_data_dir()).
-    progress: print one line per finished dataset to stderr.
+    progress: a progress bar over the datasets on stderr.
     """
     if options:
         raise TypeError(f"uci.run: unknown option(s) {sorted(options)}; known: datasets, n_jobs, "
@@ -342,11 +394,12 @@ def run(out_dir: Union[str, Path], quick: bool = False, seed: int = 0, datasets=
     if todo:
         from joblib import Parallel, delayed
         jobs = max(1, min(int(n_jobs), len(todo)))
-        for k, done in enumerate(Parallel(n_jobs=jobs, return_as="generator_unordered")(
-                delayed(_evaluate_and_cache)(nm, root, quick, seed, str(cache)) for nm in todo)):
-            if progress:
-                print(f"uci: {done['dataset']} done in {done['seconds']:.1f} s "
-                      f"({k + 1}/{len(todo)})", file=sys.stderr, flush=True)
+        finished = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(_evaluate_and_cache)(nm, root, quick, seed, str(cache)) for nm in todo)
+        bar = progress_bar(finished, "uci", enabled=progress, total=len(todo),
+                           unit="dataset")
+        for done in bar:
+            bar.set_postfix_str(f"{done['dataset']} {done['seconds']:.1f} s")
     rows = [cached(nm, reuse=True) for nm in names]
     wall = time.perf_counter() - t0
     acc = np.array([[r["results"][c]["acc"] for c in CLASSIFIERS] for r in rows])
@@ -375,8 +428,7 @@ def run(out_dir: Union[str, Path], quick: bool = False, seed: int = 0, datasets=
         "cpu_seconds_per_dataset": {r["dataset"]: r.get("cpu_seconds") for r in rows},
         "per_dataset": rows, "csv": "per_dataset.csv", "figures": ["uci.png"],
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    return results
+    return write_results(out_dir, results)
 
 
 def _evaluate_and_cache(name: str, root, quick: bool, seed: int, cache: str) -> dict:

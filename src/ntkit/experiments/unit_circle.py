@@ -19,20 +19,22 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import ntkit as nk
 from ntkit.empirical import empirical_ntk
-from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
 
+from .common import (progress_bar, pyplot, relu_mlp, save_figure, standalone_main, start_run,
+                     write_results)
+
 FULL = {"widths": [500, 10000], "inits": 10, "depth": 4, "W_std": 1.0, "b_std": 0.1,
-        "steps": 200, "lr": 1.0, "n_train": 8, "n_gamma": 121, "dtype": "float32"}
+        "steps": 200, "lr": 1.0, "n_train": 8, "n_gamma": 121, "dtype": "float32", "first_init": 0}
 QUICK = {"widths": [64, 512], "inits": 3, "depth": 4, "W_std": 1.0, "b_std": 0.1,
-         "steps": 30, "lr": 1.0, "n_train": 8, "n_gamma": 41, "dtype": "float64"}
+         "steps": 30, "lr": 1.0, "n_train": 8, "n_gamma": 41, "dtype": "float64", "first_init": 0}
 
 
 def circle(n_gamma: int):
@@ -41,10 +43,7 @@ def circle(n_gamma: int):
 
 
 def architecture(width: int, cfg: dict) -> nk.Sequential:
-    layers = []
-    for _ in range(cfg["depth"] - 1):
-        layers += [nk.Linear(width, W_std=cfg["W_std"], b_std=cfg["b_std"]), nk.ReLU()]
-    return nk.Sequential(*layers, nk.Linear(1, W_std=cfg["W_std"], b_std=cfg["b_std"]))
+    return relu_mlp(width, cfg["depth"] - 1, W_std=cfg["W_std"], b_std=cfg["b_std"])
 
 
 def training_set(n: int, seed: int):
@@ -53,13 +52,14 @@ def training_set(n: int, seed: int):
     return x, (x[:, 0] * x[:, 1]).unsqueeze(1)
 
 
-def curves_for_width(width: int, cfg: dict, seed: int, x0, xs, x_train, y_train):
+def curves_for_width(width: int, cfg: dict, seed: int, x0, xs, x_train, y_train,
+                     show: Optional[bool] = None):
     """Θ(x₀, ·) at init and after training for each initialization: two (inits, n_gamma) arrays."""
     arch = architecture(width, cfg)
     dtype = getattr(torch, cfg["dtype"])
     init, trained, losses = [], [], []
-    first = int(cfg.get("first_init", 0))  # to split the initializations over processes
-    for i in tqdm(range(first, first + cfg["inits"]), desc=f"width {width}", disable=None):
+    first = int(cfg["first_init"])  # to split the initializations over processes
+    for i in progress_bar(range(first, first + cfg["inits"]), f"width {width}", show):
         net = arch.init((2,), seed=seed * 1000 + i, dtype=dtype).eval()
         init.append(empirical_ntk(net, x0, xs)[0].double())
         lazy = to_lowrank(net, cfg["steps"], x_train.shape[0])
@@ -72,9 +72,7 @@ def curves_for_width(width: int, cfg: dict, seed: int, x0, xs, x_train, y_train)
 
 
 def plot(path: Path, gamma, limit, curves, cfg) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     g = gamma.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
@@ -98,7 +96,8 @@ def plot(path: Path, gamma, limit, curves, cfg) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     gamma, xs = circle(cfg["n_gamma"])
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
@@ -106,7 +105,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
     limit = architecture(1, cfg).kernel(x0, xs, get="ntk").ntk[0]
     curves, summary = {}, {}
     for width in cfg["widths"]:
-        init, trained, losses = curves_for_width(width, cfg, seed, x0, xs, x_train, y_train)
+        init, trained, losses = curves_for_width(width, cfg, seed, x0, xs, x_train, y_train,
+                                                  progress)
         curves[width] = {"init": init.numpy(), "trained": trained.numpy()}
         ln = torch.linalg.norm(limit)
         summary[str(width)] = {

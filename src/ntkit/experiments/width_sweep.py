@@ -17,15 +17,15 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import ntkit as nk
 from ntkit.empirical import empirical_ntk
-from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
+from .common import (fit_loglog, progress_bar, pyplot, relative_frobenius, relu_mlp,
+                     save_figure, sphere_inputs, standalone_main, start_run, write_results)
 
 FULL = {"widths": [64, 128, 256, 512, 1024, 2048, 4096, 8192], "seeds": 5, "n": 32, "d": 8,
         "depth": 4, "dtype": "float32"}
@@ -35,41 +35,19 @@ QUICK = {"widths": [128, 256, 512, 1024, 2048], "seeds": 8, "n": 16, "d": 4, "de
          "dtype": "float64"}
 
 
-def relu_mlp(width: int, depth: int = 4, W_std: float = math.sqrt(2.0), b_std: float = 0.1,
-             out: int = 1) -> nk.Sequential:
-    """``depth`` Linear layers (depth-1 hidden ReLU layers of ``width``), NTK parameterization."""
-    layers = []
-    for _ in range(depth - 1):
-        layers += [nk.Linear(width, W_std=W_std, b_std=b_std), nk.ReLU()]
-    return nk.Sequential(*layers, nk.Linear(out, W_std=W_std, b_std=b_std))
-
-
-def sphere_inputs(n: int, d: int, seed: int) -> torch.Tensor:
-    """n points uniform on the unit sphere of R^d (float64)."""
-    g = torch.Generator().manual_seed(int(seed))
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    return x / x.norm(dim=1, keepdim=True)
-
-
-def relative_frobenius(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b||_F / ||b||_F, in float64."""
-    a, b = a.double(), b.double()
-    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
-
-
-def fit_loglog(widths: Sequence[float], values: Sequence[float]):
-    """Least-squares slope and intercept of log(values) against log(widths)."""
-    slope, intercept = np.polyfit(np.log(np.asarray(widths, float)),
-                                  np.log(np.asarray(values, float)), 1)
-    return float(slope), float(intercept)
+def architecture(width: int, depth: int) -> nk.Sequential:
+    """``depth`` Linear layers (depth - 1 hidden ReLU layers of ``width``), W_std=√2,
+    b_std=0.1, NTK parameterization."""
+    return relu_mlp(width, depth - 1, W_std=math.sqrt(2.0), b_std=0.1)
 
 
 def distances(widths: Sequence[int], seeds: Sequence[int], x: torch.Tensor, depth: int = 4,
-              dtype: torch.dtype = torch.float64) -> Dict[int, List[float]]:
+              dtype: torch.dtype = torch.float64, show: Optional[bool] = None
+              ) -> Dict[int, List[float]]:
     """{width: [d(n) for each seed]} with d the relative Frobenius distance to arch.kernel."""
     out: Dict[int, List[float]] = {}
-    for width in tqdm(widths, desc="width sweep", disable=None):
-        arch = relu_mlp(width, depth)
+    for width in progress_bar(widths, "width sweep", show):
+        arch = architecture(width, depth)
         limit = arch.kernel(x, get="ntk").ntk
         out[int(width)] = []
         for s in seeds:
@@ -80,9 +58,7 @@ def distances(widths: Sequence[int], seeds: Sequence[int], x: torch.Tensor, dept
 
 
 def plot(path: Path, widths, means, stds, slope, intercept, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     w = np.asarray(widths, float)
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -99,11 +75,13 @@ def plot(path: Path, widths, means, stds, slope, intercept, title: str) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     x = sphere_inputs(cfg["n"], cfg["d"], seed)
     seeds = [seed * 1000 + s for s in range(cfg["seeds"])]
-    dist = distances(cfg["widths"], seeds, x, cfg["depth"], getattr(torch, cfg["dtype"]))
+    dist = distances(cfg["widths"], seeds, x, cfg["depth"], getattr(torch, cfg["dtype"]),
+                     progress)
     widths = sorted(dist)
     means = [float(np.mean(dist[w])) for w in widths]
     stds = [float(np.std(dist[w])) for w in widths]

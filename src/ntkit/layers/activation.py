@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..finite import ElementwiseModule
+from .finite import ElementwiseModule
 from .base import Layer
 from .state import KernelState
 

@@ -6,7 +6,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..finite import NTKConv2d
+from .finite import NTKConv2d
 from .base import Layer, check_parameterization
 from .conv_ops import check_padding, conv_map, pad_amounts
 from .state import KernelState

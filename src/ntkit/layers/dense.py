@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..finite import NTKLinear
+from .finite import NTKLinear
 from .base import Layer, check_parameterization
 from .state import KernelState
 

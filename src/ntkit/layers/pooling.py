@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 from torch import nn
 
-from ..finite import AvgPool2dModule, GlobalAvgPool2dModule
+from .finite import AvgPool2dModule, GlobalAvgPool2dModule
 from .base import Layer
 from .conv import IntPair, as_pair, check_image_shape
 from .conv_ops import check_padding, full_diagonal, pad_amounts, pool_map

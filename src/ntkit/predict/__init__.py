@@ -3,6 +3,7 @@
 ntkit's own API (explicit conventions: absolute ``diag_reg`` unless ``diag_reg_relative``,
 ``loss='sum'`` or ``'mean'``, ``discrete`` for gradient descent):
     MSEDynamics          gradient flow / descent outputs at any t (arrays of t share one eigh)
+                         and readout_variance, the output variance of the readout-only ensemble
     ntk_ensemble         NTK-GP mean and covariance of an infinite trained ensemble at time t
     nngp_ensemble        the same with the NNGP as tangent kernel; exact GP posterior at t = ∞
     gp_posterior         exact GP regression (Cholesky), e.g. the NNGP posterior with noise

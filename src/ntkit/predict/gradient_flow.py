@@ -139,6 +139,33 @@ class MSEDynamics:
         out = out.reshape(shape + base.shape[:1] + self.y.shape[1:])
         return base + out
 
+    def readout_variance(self, k_test_train: ArrayLike, k_test_test_diag: ArrayLike,
+                         t: Times = None) -> torch.Tensor:
+        """Variance of the outputs at the test points of the infinite ensemble trained with this
+        kernel K as its tangent kernel, the NNGP when only the readout is trained (Lee et al.
+        2019, section 2.3.1), at time(s) ``t`` (None = ∞), from a zero-mean start:
+
+            var_t(x) = K(x, x) − Σ_k (K(x, X) v_k)² (1 − d_k(2t)) / λ_k
+
+        with (λ_k, v_k) the eigenpairs of A = K + ρI and d_k(t) the decay of ``predict``; the
+        diagonal of ``nngp_ensemble(..., compute_cov=True)``, and at t = ∞ the exact GP posterior
+        variance with noise ρ. k_test_train : (m, n) K(x, X); k_test_test_diag : (m,) K(x, x).
+        Singular directions at t = ∞ follow ``on_singular`` ('warn': dropped, no new warning).
+        Returns shape t.shape + (m,).
+        """
+        k_td = as_kernel(k_test_train, "k_test_train", n_cols=self.n, like=self.k)
+        diag = as_tensor(k_test_test_diag, "k_test_test_diag", like=self.k)
+        if tuple(diag.shape) != (k_td.shape[0],):
+            raise ValueError(f"k_test_test_diag: expected shape ({k_td.shape[0]},), one K(x, x) "
+                             f"per test point, got {tuple(diag.shape)}")
+        times, shape = as_times(t, self.k, self.discrete)
+        spec = self.spectrum
+        g2 = phi_over_lambda(spec.evals, 2 * times, self.c, self.discrete, spec.tol,
+                             "raise" if self.on_singular == "raise" else "pinv")    # (T, n)
+        proj2 = (k_td @ spec.evecs) ** 2                                             # (m, n)
+        var = diag[None, :] - g2 @ proj2.T                                           # (T, m)
+        return var.reshape(shape + (k_td.shape[0],))
+
     def _factors(self, times: torch.Tensor) -> torch.Tensor:
         spec = self.spectrum
         if self.on_singular == "warn" and bool(torch.isinf(times).any()) \

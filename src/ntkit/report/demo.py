@@ -15,16 +15,17 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
-
-from ..commands.common import Context, UsageError
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 #: experiments the full demo runs (quick variants); the others need data or more time
 DEMO_EXPERIMENTS = ("width-sweep", "unit-circle", "ntk-gp", "linearization", "ntk-drift",
                     "two-layer-sigmoid", "lazy-training")
 
 
-def _select(experiments: Optional[str], quick: bool) -> List[str]:
+def select_experiments(experiments: Optional[str], quick: bool) -> List[str]:
+    """The experiments a demo runs besides the digits comparison: ``experiments`` is a
+    comma-separated list, 'all' or 'none'; None means DEMO_EXPERIMENTS (none when quick).
+    ValueError naming the unknown names and the choices."""
     from ..experiments import REGISTRY
 
     if experiments is None:
@@ -37,12 +38,12 @@ def _select(experiments: Optional[str], quick: bool) -> List[str]:
     names = [n.strip() for n in experiments.split(",") if n.strip()]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        raise UsageError(f"--experiments: unknown experiment(s) {', '.join(unknown)}; available: "
+        raise ValueError(f"--experiments: unknown experiment(s) {', '.join(unknown)}; available: "
                          f"{', '.join(sorted(REGISTRY))}")
     return [n for n in names if n != "digits-kernels"]
 
 
-def _run_experiment(ctx: Context, name: str, out_dir: Path) -> Dict[str, Any]:
+def _run_experiment(name: str, out_dir: Path, seed: int) -> Dict[str, Any]:
     """Run one quick experiment in-process; failures are recorded, not raised."""
     import importlib
 
@@ -58,7 +59,7 @@ def _run_experiment(ctx: Context, name: str, out_dir: Path) -> Dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        results = module.run(out_dir, quick=True, seed=ctx.seed)
+        results = module.run(out_dir, quick=True, seed=seed, progress=False)
         entry.update(status="ok", results=_jsonable(results))
     except Exception as err:  # noqa: BLE001 - one failing experiment must not sink the report
         entry.update(status="failed", reason=f"{type(err).__name__}: {err}",
@@ -82,7 +83,7 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=default))
 
 
-def _environment(ctx: Context) -> Dict[str, Any]:
+def _environment(device: str, dtype: str, seed: int) -> Dict[str, Any]:
     import os
 
     import torch
@@ -90,36 +91,42 @@ def _environment(ctx: Context) -> Dict[str, Any]:
     from .. import __version__
     return {"ntkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(terse=True), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": ctx.device, "dtype": ctx.dtype,
-            "seed": ctx.seed}
+            "torch_threads": torch.get_num_threads(), "device": device, "dtype": dtype,
+            "seed": seed}
 
 
-def run_demo(ctx: Context, out: Path, quick: bool = False,
-             experiments: Optional[str] = None) -> Path:
-    """Run everything and write ``out/index.html`` (returned) and ``out/results.json``."""
+def run_demo(out: Path, experiments: Sequence[str], *, quick: bool = False, seed: int = 0,
+             dtype: str = "float64", device: str = "cpu",
+             say: Optional[Callable[[str], None]] = None,
+             progress: Optional[Callable[..., Iterable]] = None) -> Path:
+    """Run the digits comparison and the named ``experiments`` (quick variants), and write
+    ``out/index.html`` (returned) and ``out/results.json``.
+
+    ``say(message)`` prints status lines and ``progress(iterable, desc=...)`` wraps a loop in a
+    progress bar (the command line passes its own; None: silent).
+    """
     from ..experiments import digits_kernels
     from .page import render
 
-    names = _select(experiments, quick)
+    say = say or (lambda message: None)
+    names = list(experiments)
     start = time.perf_counter()
-    ctx.say(f"demo: digits comparison{' (quick)' if quick else ''}, then "
-            f"{len(names)} experiment(s) -> {out}")
-    digits = digits_kernels.run(out / "digits-kernels", quick=quick, seed=ctx.seed,
-                                dtype=ctx.dtype, device=ctx.device, progress=not ctx.quiet)
+    say(f"demo: digits comparison{' (quick)' if quick else ''}, then "
+        f"{len(names)} experiment(s) -> {out}")
+    digits = digits_kernels.run(out / "digits-kernels", quick=quick, seed=seed, dtype=dtype,
+                                device=device, progress=progress is not None)
     done: Dict[str, Any] = {}
-    bar = ctx.progress(names, desc="experiments", unit="exp")
-    for name in bar:
-        bar.set_postfix_str(name)
-        done[name] = _run_experiment(ctx, name, out / "experiments" / name)
+    loop = names if progress is None else progress(names, desc="experiments", unit="exp")
+    for name in loop:
+        done[name] = _run_experiment(name, out / "experiments" / name, seed)
         status = done[name]["status"]
-        if not ctx.quiet:
-            bar.write(f"  {name}: {status}" + (f" ({done[name].get('seconds', 0):.1f} s)"
-                                               if status != "skipped" else ""))
+        say(f"  {name}: {status}" + (f" ({done[name].get('seconds', 0):.1f} s)"
+                                     if status != "skipped" else ""))
     results = {
         "title": "ntkit report",
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": bool(quick),
-        "environment": _environment(ctx),
+        "environment": _environment(device, dtype, seed),
         "digits": _jsonable(digits),
         "experiments": done,
     }
@@ -127,5 +134,5 @@ def run_demo(ctx: Context, out: Path, quick: bool = False,
     (out / "results.json").write_text(json.dumps(results, indent=1))
     index = out / "index.html"
     index.write_text(render(results), encoding="utf-8")
-    ctx.say(f"demo: done in {results['total_seconds']:.1f} s")
+    say(f"demo: done in {results['total_seconds']:.1f} s")
     return index

@@ -1,4 +1,5 @@
-"""Figures of the digits comparison, in one readable style (matplotlib, Agg backend)."""
+"""Figures of the digits comparison (``digits_kernels``), in one readable style (matplotlib, Agg
+backend): the demo report shows them."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -97,14 +97,14 @@ def _labels(y: np.ndarray) -> np.ndarray:
 
 
 def _load_digits() -> Dataset:
-    from .data.digits import load_digits
+    from .digits import load_digits
 
     xtr, ytr, xte, yte = load_digits()
     return Dataset("digits", xtr, ytr, xte, yte, 10, (1, 8, 8), "sklearn.datasets.load_digits")
 
 
 def _load_mnist(data_dir: Path) -> Dataset:
-    from .data.mnist import load_mnist
+    from .mnist import load_mnist
 
     path = _check_file("mnist", data_dir)
     xtr, ytr, xte, yte = load_mnist(path)
@@ -114,7 +114,7 @@ def _load_mnist(data_dir: Path) -> Dataset:
 def _load_cifar10(data_dir: Path) -> Dataset:
     path = _check_file("cifar10", data_dir)
     try:
-        from .data.cifar10 import load_cifar10
+        from .cifar10 import load_cifar10
     except ImportError as err:
         raise DatasetError(f"cifar10: the loader ntkit.data.cifar10 is not available in this "
                            f"installation ({err})") from None
@@ -134,7 +134,7 @@ def _load_cifar10(data_dir: Path) -> Dataset:
 
 
 def _load_uci(name: str, data_dir: Path) -> Dataset:
-    from .data import load_uci
+    from .uci import load_uci
 
     sub = name.split(":", 1)[1]
     if not sub:
@@ -166,7 +166,7 @@ def load_dataset(name: str, data_dir: Optional[Path] = None, n_train: Optional[i
     of that many rows (chosen with ``seed``, original order kept); ``dtype`` is the float type
     of the inputs."""
     if data_dir is None:
-        from .data.paths import default_data_dir
+        from .paths import default_data_dir
         data_dir = default_data_dir()
     data_dir = Path(data_dir)
     for n, label in ((n_train, "n_train"), (n_test, "n_test")):
@@ -189,20 +189,33 @@ def load_dataset(name: str, data_dir: Optional[Path] = None, n_train: Optional[i
                    x_test=xte.astype(dtype, copy=False), y_test=yte)
 
 
-_SPATIAL_FIRST = ("Conv2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten")
+def _accepts(arch, in_shape: Tuple[int, ...]) -> Optional[str]:
+    """None when ``arch`` takes inputs of per-example shape ``in_shape`` (its layers' declared
+    ``out_shape`` chain succeeds), else the reason it does not."""
+    try:
+        arch.out_shape(tuple(in_shape))
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def inputs_for(arch, ds: Dataset, x: np.ndarray) -> np.ndarray:
-    """``x`` shaped for ``arch``: images (n, C, H, W) when its first parameterized layer is
-    spatial (Conv2d, pooling, Flatten), flat rows (n, d) when it is Linear."""
-    first = next((type(layer).__name__ for layer in getattr(arch, "layers", [arch])
-                  if type(layer).__name__ in ("Linear",) + _SPATIAL_FIRST), None)
-    if first in _SPATIAL_FIRST:
-        if x.ndim == 4:
-            return x
-        if ds.image_shape is None:
-            raise DatasetError(f"the architecture starts with {first}, which needs images, but "
-                               f"dataset {ds.name!r} has flat feature rows; use an fc "
-                               f"architecture")
-        return x.reshape(len(x), *ds.image_shape)
-    return x.reshape(len(x), -1) if x.ndim > 2 else x
+    """``x`` shaped for ``arch``: images (n, C, H, W) when the dataset has images and the
+    architecture takes them, else flat rows (n, d). What an architecture takes is what its
+    layers declare through ``out_shape`` (a Linear needs flat features, a Conv2d or a pooling
+    layer needs images); a DatasetError names the layer's reason when neither shape fits."""
+    image_shape = tuple(x.shape[1:]) if x.ndim == 4 else ds.image_shape
+    image_reason = None
+    if image_shape is not None:
+        image_reason = _accepts(arch, image_shape)
+        if image_reason is None:
+            return x if x.ndim == 4 else x.reshape(len(x), *image_shape)
+    flat = x.reshape(len(x), -1) if x.ndim > 2 else x
+    flat_reason = _accepts(arch, flat.shape[1:])
+    if flat_reason is None:
+        return flat
+    if image_shape is None:
+        raise DatasetError(f"dataset {ds.name!r} has flat feature rows, which the architecture "
+                           f"does not take: {flat_reason}; use an fc architecture")
+    raise DatasetError(f"dataset {ds.name!r} (images {'x'.join(map(str, image_shape))}) does not "
+                       f"fit the architecture: {image_reason}")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.finite import NTKLinear
+from ntkit.layers.finite import NTKLinear
 
 
 # thousands of tiny forward passes: torch's intra-op thread pool only adds synchronization

@@ -1,4 +1,4 @@
-"""The command-line architecture syntax (ntkit.archspec).
+"""The command-line architecture syntax (ntkit.commands.archspec).
 
 References: the arc-cosine closed form of Cho & Saul (2009) for ReLU networks, written here in
 numpy (independent of ntkit's layers), and hand-built nk.Sequential architectures.
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.archspec import ArchSpecError, layer_classes, parse_arch
+from ntkit.commands.archspec import ArchSpecError, layer_classes, parse_arch
 
 
 def relu_fc_kernels(x, depth, w_std, b_std):
