@@ -227,6 +227,13 @@ def fused_length(layers, state: KernelState, options: KernelOptions) -> int:
     return n
 
 
+def folds_gap(layers, n_fused: int, state: KernelState) -> bool:
+    """A GlobalAvgPool2d right after the fused prefix (pixel pairs) is folded into its last pass."""
+    from .pooling import GlobalAvgPool2d
+    return (state.spatial == "full" and 0 < n_fused < len(layers)
+            and type(layers[n_fused]) is GlobalAvgPool2d)
+
+
 def _padded_shape(shape, ph: int, pw: int, full: bool):
     if full:
         m, h, w = shape[0], shape[1], shape[2]

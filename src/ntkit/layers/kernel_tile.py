@@ -26,7 +26,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..engine.options import KernelOptions
-from .conv_fused import fused_length, reuse_buffers, run_fused, writes_input_in_place
+from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
+                         writes_input_in_place)
 from .image_state import (check_images, materialize, pixel_pair_plan, pixel_pair_state,
                           precise_image_state, same_position_state)
 from .state import KernelState, paired_input_state
@@ -65,19 +66,11 @@ def regime(arch, in_shape: Tuple[int, ...]) -> str:
     return "same_position"
 
 
-def _fold_gap(layers, n_fused: int, state: KernelState) -> bool:
-    """A GlobalAvgPool2d (a pooling layer to a flat output that needs pixel pairs) right after
-    the fused prefix is folded into its last pass."""
-    from .pooling import GlobalAvgPool2d
-    return (state.spatial == "full" and 0 < n_fused < len(layers)
-            and type(layers[n_fused]) is GlobalAvgPool2d)
-
-
 def run_layers(layers: Sequence, state: KernelState, options: KernelOptions) -> KernelState:
     """Apply ``layers`` to an input state: a qualifying leading chain fused, the rest one by one."""
     k = fused_length(layers, state, options)
     if k:
-        gap = _fold_gap(layers, k, state)
+        gap = folds_gap(layers, k, state)
         state = run_fused(layers[:k], state, options, gap)
         k += 1 if gap else 0
     else:
@@ -102,7 +95,7 @@ def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
     probe = KernelState(cov=None, var1=x[:1, 0], var2=x[:1, 0], ntk=None, width=1,
                         layout="paired", spatial="full", images=(x[:1], x[:1]))
     n_fused = fused_length(layers, probe, options)
-    if _fold_gap(layers, n_fused, probe):  # pairs reduce to scalars: the inputs dominate
+    if folds_gap(layers, n_fused, probe):  # pairs reduce to scalars: the inputs dominate
         per_pair = 4 * x[0].numel() * x.element_size()
         if not writes_input_in_place(x.device, x.dtype, options):
             per_pair += 2 * (h * w) ** 2 * x.element_size()  # the input covariance, stored
