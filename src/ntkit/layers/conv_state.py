@@ -134,7 +134,7 @@ def check_images(t: torch.Tensor, name: str) -> None:
 def _split_readout(layers) -> int:
     from .pooling import Flatten, GlobalAvgPool2d
     for k, layer in enumerate(layers):
-        if isinstance(layer, (Flatten, GlobalAvgPool2d)):
+        if isinstance(layer, (Flatten, GlobalAvgPool2d)) or getattr(layer, "is_readout", False):
             return k
     raise ValueError("the architecture ends with an image-shaped output: add Flatten() or "
                      "GlobalAvgPool2d() (and usually a Linear readout) to get a kernel")
@@ -156,7 +156,7 @@ def spatial_kernel(seq, t1: torch.Tensor, t2: Optional[torch.Tensor], want_ntk: 
     seq.out_shape(tuple(t1.shape[1:]))  # validates the chain (Flatten before Linear, sizes)
     layers = list(seq.layers)
     r = _split_readout(layers)
-    pool_at = [k for k, l in enumerate(layers[:r + 1]) if isinstance(l, (AvgPool2d, GlobalAvgPool2d))]
+    pool_at = [k for k, l in enumerate(layers[:r + 1]) if isinstance(l, (AvgPool2d, GlobalAvgPool2d)) or getattr(l, "needs_pixel_pairs", False)]
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     from .conv_fused import reuse_buffers
