@@ -49,12 +49,12 @@ def pooling_gram(n: int, c: int, padding: str, dtype: torch.dtype,
     out = torch.arange(n, device=device)[:, None]
     members = out - lo + torch.arange(c, device=device)[None, :]  # (n, c) input indices
     p = torch.zeros(n, n, dtype=dtype, device=device)
+    vals = torch.full((n, c), 1.0 / c, dtype=dtype, device=device)
     if padding == "circular":
-        p.scatter_add_(1, members % n, torch.full((n, c), 1.0 / c, dtype=dtype, device=device))
-    else:
+        p.scatter_add_(1, members % n, vals)
+    else:  # zeros outside the image: those members add nothing
         inside = (members >= 0) & (members < n)
-        vals = torch.where(inside, 1.0 / c, 0.0).to(dtype)
-        p.scatter_add_(1, members.clamp(0, n - 1), vals)
+        p.scatter_add_(1, members.clamp(0, n - 1), vals * inside)
     return p.T @ p
 
 
