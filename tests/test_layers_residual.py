@@ -274,3 +274,45 @@ def test_residual_ntk_matches_empirical_ntk_of_wide_net(parameterization):
     emp = np.mean([nk.empirical_ntk(arch.init((6,), seed=s, dtype=torch.float64), x).numpy()
                    for s in range(4)], axis=0)
     assert np.abs(emp - ref).max() <= 0.06 * np.abs(ref).max(), np.abs(emp - ref).max() / np.abs(ref).max()
+
+
+# -- from_torch ------------------------------------------------------------------------------------
+class _MyBlock(torch.nn.Module):
+    """A user's residual block in the documented shape: .branch, .shortcut, shortcut(x) + branch(x)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.branch = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(c, c, 3, padding=1, bias=False))
+        self.shortcut = torch.nn.Identity()
+
+    def forward(self, x):
+        return self.shortcut(x) + self.branch(x)
+
+
+def test_from_torch_recognises_residual_blocks():
+    from torch import nn
+    from ntkit.layers.residual import BranchSum
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1),
+        nk.ResidualBlock(nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)),
+                         nn.Conv2d(8, 8, 3, padding=1, bias=False)),
+        _MyBlock(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        BranchSum([nn.Linear(8, 4), nn.Sequential(nn.Tanh(), nn.Linear(8, 4, bias=False))]),
+        nn.LayerNorm(4, elementwise_affine=False), nn.Linear(4, 1))
+    arch = nk.from_torch(model, W_std=1.2, b_std=0.1)
+    hand = nk.Sequential(
+        nk.Conv2d(8, 3, W_std=1.2, b_std=0.1),
+        nk.Residual(nk.Sequential(nk.ReLU(), nk.Conv2d(8, 3, W_std=1.2, b_std=0.1)),
+                    nk.Conv2d(8, 3, W_std=1.2, b_std=None)),
+        nk.Residual(nk.Sequential(nk.ReLU(), nk.Conv2d(8, 3, W_std=1.2, b_std=None))),
+        nk.ReLU(), nk.GlobalAvgPool2d(), nk.Flatten(),
+        nk.ParallelSum(nk.Linear(4, W_std=1.2, b_std=0.1), nk.Sequential(nk.Tanh(), nk.Linear(4, W_std=1.2, b_std=None))),
+        nk.LayerNorm(eps=1e-5), nk.Linear(1, W_std=1.2, b_std=0.1))
+    assert repr(arch) == repr(hand)
+    x = np.random.default_rng(3).normal(size=(3, 2, 4, 4))
+    ka, kb = arch.kernel(x), hand.kernel(x)
+    assert torch.equal(ka.nngp, kb.nngp) and torch.equal(ka.ntk, kb.ntk)
+    # the torch model runs on the same shapes
+    assert model(torch.tensor(x, dtype=torch.float32)).shape == (3, 1)
+    with pytest.raises(ValueError, match="elementwise_affine"):
+        nk.from_torch(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
