@@ -16,8 +16,10 @@ window members i of output o) and A = Pᵀ P, the same along the width:
 the mean over output positions of the pooled same-position covariance (the next Linear divides
 by its fan-in C·H·W, as after ``Flatten``). For circular padding A[h, h'] depends on
 (h' - h) mod H only: the weights of Li et al.'s LAP, triangular in the shift. The map is
-separable: two small (H x H), (W x W) contractions, one pass over the pixel-pair covariance,
-no (HW)² weight tensor. It needs pixel-pair covariances (``needs_pixel_pairs``).
+separable: two small (H x H), (W x W) contractions; for a batch of at least 4 pairs the
+Kronecker product A_h ⊗ A_w ((HW)² entries, at most a quarter of the batch's memory) turns it
+into one matrix-vector pass, as fast as global average pooling. It needs pixel-pair
+covariances (``needs_pixel_pairs``).
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from .state import KernelState
 
 IntPair = Union[int, Tuple[int, int]]
 _PADDINGS = ("circular", "same")
+# from this many pairs on, the (HW)² Kronecker weights are small next to the input and one
+# matrix-vector product is the fastest pass (benchmarks/local_pool.py)
+_DENSE_MIN_PAIRS = 4
 
 
 def _window_pair(c: IntPair) -> Tuple[int, int]:
@@ -83,6 +88,13 @@ class LocalAvgPool2d(Layer):
         self._check_window(h, w)
         a_h = pooling_gram(h, self.window[0], self.padding, t.dtype, t.device)
         a_w = pooling_gram(w, self.window[1], self.padding, t.dtype, t.device)
+        lead = t.shape[:-4]
+        pairs = t.numel() // (h * w) ** 2
+        if pairs >= _DENSE_MIN_PAIRS and t.is_contiguous():
+            # one matrix-vector pass over the pairs; the (HW)² weights (A_h ⊗ A_w) take at
+            # most 1/_DENSE_MIN_PAIRS of the input's memory
+            weights = (a_h[:, None, :, None] * a_w[None, :, None, :]).reshape(-1)
+            return (t.reshape(pairs, -1) @ weights).reshape(lead).div_(h * w)
         rows = torch.einsum("...hwxy,hx->...wy", t, a_h)
         return torch.einsum("...wy,wy->...", rows, a_w).div_(h * w)
 
