@@ -77,6 +77,12 @@ def test_correlated_branches_are_refused():
     nk.ParallelSum(nk.Sequential(nk.Linear(3), nk.ReLU()), nk.Sequential(nk.ReLU(), nk.Linear(3)))
 
 
+def test_activation_after_pooling_inside_a_branch_is_refused():
+    with pytest.raises(ValueError, match="after a pooling layer inside a residual branch"):
+        nk.Residual(nk.Sequential(nk.Conv2d(4, 3), nk.AvgPool2d(2), nk.ReLU(), nk.Conv2d(4, 3)),
+                    nk.Conv2d(4, 3, stride=2))
+
+
 def test_mismatched_branch_shapes_are_refused():
     arch = nk.Sequential(nk.Linear(5), nk.Residual(nk.Linear(7)), nk.Linear(1))
     with pytest.raises(ValueError, match="different output shapes"):
@@ -153,12 +159,23 @@ def _image_cases(p):
         # same-position regime (Flatten readout), LayerNorm over channels after a block
         nk.Sequential(nk.Conv2d(6, 3, W_std=1.3, b_std=0.2, parameterization=p), block(6, 1, False),
                       nk.LayerNorm(), nk.ReLU(), nk.Flatten(), nk.Linear(1, W_std=1.0, b_std=0.1, parameterization=p)),
+        # a branch ending with pooling: the block's variances come from the once-per-input pass
+        nk.Sequential(nk.Conv2d(6, 3, W_std=1.3, b_std=0.2, parameterization=p),
+                      nk.Residual(nk.Sequential(nk.ReLU(), nk.Conv2d(6, 3, W_std=S2, b_std=None, parameterization=p),
+                                                nk.AvgPool2d(2)),
+                                  nk.Conv2d(6, 3, stride=2, W_std=1.2, b_std=None, parameterization=p)),
+                      nk.ReLU(), nk.GlobalAvgPool2d(), nk.Linear(1, W_std=1.0, b_std=0.1, parameterization=p)),
     ]
     theirs = [
         [_conv(6, 1.0, None, 1, p), nt_block(6, 1, False), nt_block(8, 2, True),
          ["AvgPool", {"args": [[3, 3]], "kwargs": {"strides": [3, 3]}}], ["Flatten", {}], _dense(1, 1.0, 0.0, p)],
         [_conv(6, 1.3, 0.2, 1, p), nt_block(6, 1, False), ["LayerNorm", {}], ["Relu", {}],
          ["Flatten", {}], _dense(1, 1.0, 0.1, p)],
+        [_conv(6, 1.3, 0.2, 1, p),
+         ["Sum", {"branches": [[["Relu", {}], _conv(6, S2, None, 1, p),
+                                ["AvgPool", {"args": [[2, 2]], "kwargs": {"strides": [2, 2]}}]],
+                               [_conv(6, 1.2, None, 2, p)]]}],
+         ["Relu", {}], ["GlobalAvgPool", {}], _dense(1, 1.0, 0.1, p)],
     ]
     return ours, theirs
 

@@ -175,6 +175,8 @@ class ParallelSum(Layer):
                                 f"for the identity")
         self.branches: Tuple[Optional[Layer], ...] = tuple(
             None if _is_identity(b) else b for b in branches)
+        for b in self.branches:
+            _check_no_variance_use_after_pooling(b)
         loose = [k for k, b in enumerate(self.branches) if not ends_with_fresh_affine(b)]
         if len(loose) > 1:
             raise ValueError(
@@ -278,3 +280,23 @@ def _needs_pixel_pairs(layer: Layer) -> bool:
     from .pooling import AvgPool2d, GlobalAvgPool2d
     return isinstance(layer, (AvgPool2d, GlobalAvgPool2d)) or bool(
         getattr(layer, "needs_pixel_pairs", False))
+
+
+def _check_no_variance_use_after_pooling(branch: Optional[Layer]) -> None:
+    """Inside a branch, no layer that reads the per-input variances (activations, LayerNorm,
+    Linear, blocks) may follow a pooling layer: the per-input
+    variances after pooling are only refilled after top-level layers (module doc)."""
+    from .activation import Activation
+    from .dense import Linear
+    from .normalization import LayerNorm
+    from .sequential import Sequential
+    if not isinstance(branch, Sequential):
+        return
+    pooled = False
+    for layer in branch.layers:
+        if pooled and isinstance(layer, (Activation, LayerNorm, Linear, ParallelSum)):
+            raise ValueError(f"{layer!r} after a pooling layer inside a residual branch is not "
+                             f"supported (the per-input variances after pooling are only known "
+                             f"after top-level layers): end the branch with the pooling layer or "
+                             f"move the pooling out of the block")
+        pooled = pooled or _needs_pixel_pairs(layer)
