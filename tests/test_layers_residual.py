@@ -333,3 +333,12 @@ def test_from_torch_recognises_residual_blocks():
     assert model(torch.tensor(x, dtype=torch.float32)).shape == (3, 1)
     with pytest.raises(ValueError, match="elementwise_affine"):
         nk.from_torch(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
+
+
+def test_architecture_file_syntax_for_blocks():
+    from ntkit.archspec import parse_arch
+    arch = parse_arch('[{Linear: [4]}, {Residual: {branch: [ReLU, {Linear: [4]}], shortcut: {Linear: [4]}}},'
+                      ' {ParallelSum: [null, [ReLU, {Linear: [4]}]]}, {Linear: [1]}]')
+    hand = nk.Sequential(nk.Linear(4), nk.Residual(nk.Sequential(nk.ReLU(), nk.Linear(4)), nk.Linear(4)),
+                         nk.ParallelSum(None, nk.Sequential(nk.ReLU(), nk.Linear(4))), nk.Linear(1))
+    assert repr(arch) == repr(hand)

@@ -165,6 +165,9 @@ class ParallelSum(Layer):
     neural-tangents: ``stax.serial(stax.FanOut(n), stax.parallel(*branches), stax.FanInSum())``.
     """
 
+    #: its arguments are layers (the architecture-file parser builds them from entries)
+    takes_layers = True
+
     def __init__(self, *branches: Optional[Layer]):
         if len(branches) < 1:
             raise ValueError("ParallelSum needs at least one branch")
