@@ -58,6 +58,36 @@ def test_layernorm_images_closed_form_per_position_and_all():
         np.testing.assert_allclose(arch_v.kernel(x).nngp.numpy(), trace, rtol=1e-12)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.5])
+def test_layernorm_distance_of_the_precise_path(eps):
+    """The squared distance carried by the paired layout must stay v1' + v2' - 2Σ' (computed
+    here directly, on pairs far enough apart that the subtraction loses nothing)."""
+    from ntkit.layers.state import paired_input_state
+    rng = np.random.default_rng(2)
+    a, b = torch.tensor(rng.normal(size=(5, 4))), torch.tensor(2.0 * rng.normal(size=(5, 4)))
+    state = nk.Linear(3, W_std=1.3, b_std=0.2).apply(paired_input_state(a, b))
+    out = nk.LayerNorm(eps=eps).apply(state)
+    np.testing.assert_allclose(out.dist.numpy(), (out.var1 + out.var2 - 2 * out.cov).numpy(),
+                               rtol=1e-12)
+    # nearly equal inputs: against v1' + v2' - 2Σ' evaluated in 50-digit mpmath
+    import mpmath
+    mpmath.mp.dps = 50
+    a2 = a * (1 + 1e-7)
+    near = nk.Linear(3, W_std=1.3, b_std=0.2).apply(paired_input_state(a, a2))
+    d = nk.LayerNorm(eps=eps).apply(near).dist.numpy()
+    w2, b2, e = mpmath.mpf(1.3) ** 2, mpmath.mpf(0.2) ** 2, mpmath.mpf(eps)
+    for k in range(len(a)):
+        p, q = [mpmath.mpf(float(t)) for t in a[k]], [mpmath.mpf(float(t)) for t in a2[k]]
+        v1 = w2 * sum(t * t for t in p) / 4 + b2
+        v2 = w2 * sum(t * t for t in q) / 4 + b2
+        c = w2 * sum(s * t for s, t in zip(p, q)) / 4 + b2
+        want = v1 / (e + v1) + v2 / (e + v2) - 2 * c / mpmath.sqrt((e + v1) * (e + v2))
+        # the state carries v1, v2 rounded separately, so (a - b)² has ~1e-9 relative error, and
+        # d - (a - b)² cancels a factor b_std²/v (~25 here): asserted 3e-7 (measured 3e-8),
+        # where the naive v1' + v2' - 2Σ' would have no correct digit at d' ~ 1e-16
+        assert abs(d[k] - float(want)) <= 3e-7 * float(want), (k, d[k], float(want))
+
+
 def test_layernorm_bad_input():
     with pytest.raises(ValueError, match="raw inputs"):
         nk.Sequential(nk.LayerNorm(), nk.Linear(1)).kernel(_x())

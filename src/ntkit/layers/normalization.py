@@ -16,8 +16,9 @@ divided by the square roots of the two members' variances:
 
 with v[p] the per-position variance ("channels") or its mean over positions ("all"; flat
 inputs have one position). The squared distance of the precise pairwise path maps exactly as
-d' = (d - (a - b)²) / (a b), a = sqrt(eps + v1), b = sqrt(eps + v2), with (a - b) computed as
-(v1 - v2) / (a + b) so that nearly equal inputs keep their digits.
+d' = (d - (a - b)² (1 + eps / (a b))) / (a b), a = sqrt(eps + v1), b = sqrt(eps + v2) (from
+d' = v1' + v2' - 2Σ' and d = v1 + v2 - 2Σ), with (a - b) computed as (v1 - v2) / (a + b) so that
+nearly equal inputs keep their digits.
 
 Like neural-tangents (which raises on non-Gaussian inputs), the map assumes zero-mean
 Gaussian inputs: put LayerNorm after a Linear/Conv2d (or pooling or a residual sum of those),
@@ -93,7 +94,7 @@ class LayerNorm(Layer):
         if dist is not None:
             b1, b2 = state.replace(var1=s1, var2=s2).broadcast_vars()
             gap = (b1 - b2) / (a1 + a2)
-            dist = dist.sub_(gap * gap).div_(denom).clamp_(min=0)
+            dist = dist.sub_(gap * gap * (1.0 + self.eps / denom)).div_(denom).clamp_(min=0)
         var1 = state.var1.div_(s1)
         var2 = var1 if same else state.var2.div_(s2)
         return state.replace(cov=cov, ntk=ntk, dist=dist, var1=var1, var2=var2, is_input=False)
