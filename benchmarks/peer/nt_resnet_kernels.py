@@ -12,7 +12,7 @@ median seconds and the kernel. Only neural-tangents' and JAX's public APIs are u
 """
 import json
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import jax
@@ -21,6 +21,9 @@ cfg = json.loads(sys.argv[1])
 if cfg["dtype"] == "float64":
     jax.config.update("jax_enable_x64", True)
 from neural_tangents import stax  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _nt_time import time_jitted  # noqa: E402
 
 s2 = float(np.sqrt(2.0))
 
@@ -49,13 +52,5 @@ def wrn(depth, k):
 
 
 _, _, kernel_fn = myrtle5() if cfg["arch"] == "myrtle5" else wrn(cfg["depth"], cfg["k"])
-kf = jax.jit(lambda x: kernel_fn(x, None, cfg["get"]))
-rng = np.random.default_rng(cfg.get("seed", 0))
-x = rng.standard_normal((cfg["n"], cfg["size"], cfg["size"], 3)).astype(cfg["dtype"])
-jax.block_until_ready(kf(x))
-times = []
-for _ in range(cfg.get("repeats", 1)):
-    t0 = time.perf_counter()
-    k = jax.block_until_ready(kf(x))
-    times.append(time.perf_counter() - t0)
-print(json.dumps({"seconds": float(np.median(times)), "kernel": np.asarray(k, dtype=np.float64).tolist()}))
+seconds, k = time_jitted(kernel_fn, cfg["get"], {"repeats": 1, **cfg})
+print(json.dumps({"seconds": seconds, "kernel": k.tolist()}))
