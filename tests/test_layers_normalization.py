@@ -95,6 +95,10 @@ def test_layernorm_bad_input():
         nk.LayerNorm(axis=2)
     with pytest.raises(ValueError, match="eps"):
         nk.LayerNorm(eps=-1.0)
+    x = _x()
+    x[0] = 0.0
+    with pytest.raises(ValueError, match="zero variance"):
+        nk.Sequential(nk.Linear(3, b_std=None), nk.LayerNorm(eps=0.0)).kernel(x)
 
 
 def test_dropout_closed_forms_and_limits():

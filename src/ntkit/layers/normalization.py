@@ -86,7 +86,11 @@ class LayerNorm(Layer):
         s1 = self._scale_vars(state.var1, state.spatial)
         same = state.var2 is state.var1
         s2 = s1 if same else self._scale_vars(state.var2, state.spatial)
-        a1, a2 = state.replace(var1=s1.sqrt(), var2=s1.sqrt() if same else s2.sqrt()).broadcast_vars()
+        if bool((s1 <= 0).any()) or (not same and bool((s2 <= 0).any())):
+            raise ValueError("LayerNorm with eps=0 of a unit with zero variance (e.g. a zero input "
+                             "and no bias) is 0/0; use eps > 0")
+        r1 = s1.sqrt()
+        a1, a2 = state.replace(var1=r1, var2=r1 if same else s2.sqrt()).broadcast_vars()
         denom = a1 * a2
         cov = state.cov.div_(denom)
         ntk = None if state.ntk is None else state.ntk.div_(denom)
