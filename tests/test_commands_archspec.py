@@ -89,7 +89,9 @@ def test_yaml_json_and_inline_files_match_closed_form(tmp_path, x):
 def test_every_exported_layer_is_reachable_from_a_file():
     """Each layer class of nk.__all__ can be named in a layer list (case-insensitively)."""
     required = {"Linear": {"out_features": 4}, "Conv2d": {"out_channels": 4, "kernel_size": 3},
-                "Elementwise": {"fn": "cos"}, "AvgPool2d": {"kernel_size": 2}}
+                "Elementwise": {"fn": "cos"}, "AvgPool2d": {"kernel_size": 2},
+                "LocalAvgPool2d": {"c": 2}, "Residual": {"branch": [{"Linear": [4]}]},
+                "ParallelSum": [{"Linear": [4]}, [{"ReLU": None}, {"Linear": [4]}]]}
     for name, cls in layer_classes().items():
         if name == "Sequential":
             entry = {name: ["ReLU"]}

@@ -10,7 +10,7 @@ Only neural-tangents' and JAX's public APIs are used; this file is benchmark too
 """
 import json
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import jax
@@ -19,6 +19,9 @@ cfg = json.loads(sys.argv[1])
 if cfg["dtype"] == "float64":
     jax.config.update("jax_enable_x64", True)
 from neural_tangents import stax  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _nt_time import time_jitted  # noqa: E402
 
 s2 = float(np.sqrt(2.0))
 layers = []
@@ -29,13 +32,5 @@ if cfg["gap"]:
 else:
     layers += [stax.Flatten(), stax.Dense(1, W_std=1.0, b_std=None)]
 _, _, kernel_fn = stax.serial(*layers)
-kf = jax.jit(lambda x: kernel_fn(x, None, "ntk"))
-rng = np.random.default_rng(cfg.get("seed", 0))
-x = rng.standard_normal((cfg["n"], cfg["size"], cfg["size"], 3)).astype(cfg["dtype"])
-jax.block_until_ready(kf(x))
-times = []
-for _ in range(cfg.get("repeats", 2)):
-    t0 = time.perf_counter()
-    k = jax.block_until_ready(kf(x))
-    times.append(time.perf_counter() - t0)
-print(json.dumps({"seconds": float(np.median(times)), "ntk": np.asarray(k, dtype=np.float64).tolist()}))
+seconds, k = time_jitted(kernel_fn, "ntk", cfg)
+print(json.dumps({"seconds": seconds, "ntk": k.tolist()}))

@@ -14,6 +14,8 @@ from .layers import (ABReLU, GELU, Elementwise, Erf, Identity, Layer, LeakyReLU,
                      Sequential, Sigmoid, Sin, Tanh)
 
 from .layers import AvgPool2d, Conv2d, Flatten, GlobalAvgPool2d
+from .layers import (Dropout, LayerNorm, LocalAvgPool2d, ParallelSum, Residual, ResidualBlock,
+                     cntk, myrtle, wide_resnet)
 
 __version__ = "0.1.0"
 
@@ -21,7 +23,9 @@ __all__ = ["Kernels", "Layer", "Sequential", "Linear", "ReLU", "LeakyReLU", "ABR
            "Sin", "Tanh", "Sigmoid", "Identity", "Elementwise", "from_torch",
            "empirical_ntk", "empirical_nngp",
            "predict", "NTKRegressor", "NTKClassifier", "NNGPRegressor",
-           "Conv2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten"]
+           "Conv2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten",
+           "Residual", "ParallelSum", "ResidualBlock", "LayerNorm", "Dropout", "LocalAvgPool2d",
+           "myrtle", "wide_resnet", "cntk"]
 
 _LAZY = {"NTKRegressor": "estimators", "NTKClassifier": "estimators", "NNGPRegressor": "estimators"}
 

@@ -18,7 +18,7 @@ NAMES = {
     "Dense": stax.Dense, "Relu": stax.Relu, "LeakyRelu": stax.LeakyRelu, "ABRelu": stax.ABRelu,
     "Erf": stax.Erf, "Gelu": stax.Gelu, "Sin": stax.Sin, "Identity": stax.Identity,
     "Conv": stax.Conv, "AvgPool": stax.AvgPool, "GlobalAvgPool": stax.GlobalAvgPool,
-    "Flatten": stax.Flatten,
+    "Flatten": stax.Flatten, "LayerNorm": stax.LayerNorm, "Dropout": stax.Dropout,
 }
 
 
@@ -27,17 +27,21 @@ def _tuples(v):
     return tuple(_tuples(a) for a in v) if isinstance(v, list) else v
 
 
-def main(inp, out):
+def build(spec):
+    """stax.serial of a flat spec [[layer_name, kwargs], ...]."""
+    return stax.serial(*[NAMES[name](*_tuples(kw.get("args", [])),
+                                     **{k: _tuples(v) for k, v in kw.get("kwargs", {}).items()})
+                         for name, kw in spec])
+
+
+def main(inp, out, build=build):
     data = np.load(inp, allow_pickle=False)
     specs = json.loads(str(data["specs"]))
     x1 = data["x1"]
     x2 = data["x2"] if "x2" in data.files else None
     result = {}
     for k, spec in enumerate(specs):
-        layers = [NAMES[name](*_tuples(kw.get("args", [])),
-                              **{k: _tuples(v) for k, v in kw.get("kwargs", {}).items()})
-                  for name, kw in spec]
-        _, _, kernel_fn = stax.serial(*layers)
+        _, _, kernel_fn = build(spec)
         kern = kernel_fn(x1, x2, ("nngp", "ntk"))
         result[f"nngp_{k}"] = np.asarray(kern.nngp)
         result[f"ntk_{k}"] = np.asarray(kern.ntk)

@@ -15,15 +15,16 @@ def peer_available() -> bool:
     return PEER_PYTHON.exists()
 
 
-def nt_kernels(x1, x2, specs):
-    """Kernels of neural-tangents for each spec; returns a list of (nngp, ntk) numpy arrays."""
+def nt_kernels(x1, x2, specs, script="nt_kernels.py"):
+    """Kernels of neural-tangents for each spec; returns a list of (nngp, ntk) numpy arrays.
+    ``script``: the peer script in tests/peer that reads the specs (nt_graph.py for nested ones)."""
     with tempfile.TemporaryDirectory() as d:
         inp, out = Path(d) / "in.npz", Path(d) / "out.npz"
         arrays = {"x1": np.asarray(x1, dtype=np.float64), "specs": np.array(json.dumps(specs))}
         if x2 is not None:
             arrays["x2"] = np.asarray(x2, dtype=np.float64)
         np.savez(inp, **arrays)
-        subprocess.run([str(PEER_PYTHON), str(Path(__file__).with_name("nt_kernels.py")), str(inp),
+        subprocess.run([str(PEER_PYTHON), str(Path(__file__).with_name(script)), str(inp),
                         str(out)], check=True, capture_output=True, timeout=600,
                        env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"})
         res = np.load(out)

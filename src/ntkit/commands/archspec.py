@@ -358,6 +358,26 @@ def _resolve_fn(value: Any, where: str) -> Callable:
                         f"(e.g. cos, tanh, sigmoid)", where=where)
 
 
+def _branch_args(args: Any, where: str, table: Dict[str, type]):
+    """Arguments of a block (Residual, ParallelSum): each a layer entry, a list of entries (a
+    Sequential) or null (the identity)."""
+    import ntkit as nk
+
+    def branch(v, at):
+        if v is None:
+            return None
+        if isinstance(v, list):
+            return nk.Sequential(*[_build_layer(e, f"{where} {at} item {j + 1}", table)
+                                   for j, e in enumerate(v)])
+        return _build_layer(v, f"{where} {at}", table)
+
+    if isinstance(args, dict):
+        return {k: branch(v, k) for k, v in args.items()}
+    if isinstance(args, list):
+        return [branch(v, f"branch {i + 1}") for i, v in enumerate(args)]
+    return args
+
+
 def _build_layer(entry: Any, where: str, table: Dict[str, type]):
     """One list entry -> a layer instance."""
     if isinstance(entry, str):
@@ -376,6 +396,8 @@ def _build_layer(entry: Any, where: str, table: Dict[str, type]):
         if not isinstance(args, list):
             raise ArchSpecError("Sequential takes a list of layers", where=where)
         return cls(*[_build_layer(e, f"{where} item {i + 1}", table) for i, e in enumerate(args)])
+    if getattr(cls, "takes_layers", False):  # blocks: each argument is a layer entry or a list
+        args = _branch_args(args, where, table)
     if args is None:
         pos, kw = [], {}
     elif isinstance(args, dict):

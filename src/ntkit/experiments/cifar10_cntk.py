@@ -38,15 +38,8 @@ QUICK = {"depths": [3, 4], "n_train": 20, "n_test": 20, "gap_depths": [3], "gap_
 
 def cntk(depth: int, gap: bool):
     """The depth-d CNTK of the paper's code: d - 1 conv layers + the readout layer."""
-    import ntkit as nk
-    s2 = 2.0 ** 0.5
-    layers = []
-    for l in range(depth - 1):
-        layers += [nk.Conv2d(256, 3, padding="same", W_std=s2, b_std=None,
-                             trainable=not (gap and l == 0)), nk.ReLU()]
-    readout = nk.GlobalAvgPool2d() if gap else nk.Flatten()
-    return nk.Sequential(*layers, readout,
-                         nk.Linear(10, W_std=1.0, b_std=None, trainable=not gap))
+    from ..layers.presets import cntk as preset
+    return preset(depth, "gap" if gap else "flatten")
 
 
 def _balanced(n: int, total: int) -> np.ndarray:

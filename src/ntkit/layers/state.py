@@ -75,6 +75,14 @@ class KernelState:
             return v1[:, None, :, :, None, None], v2[None, :, None, None, :, :]
         raise ValueError(f"unknown spatial regime {self.spatial!r}")
 
+    def self_pair_rows(self) -> Optional[torch.Tensor]:
+        """(m,) bool: which rows of a paired state with self indices are an input with itself
+        (None for other states)."""
+        if self.layout != "paired" or self.self_index1 is None:
+            return None
+        rows = torch.arange(self.self_index1.shape[0], device=self.self_index1.device)
+        return (self.self_index1 == rows) & (self.self_index2 == rows)
+
     def own_covariances(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Each pair's inputs' own entries of ``t`` (a tensor shaped like ``cov``): for pair k,
         t at (x1[i_k], x1[i_k]) and at (x2[j_k], x2[j_k]), each (m,) + S (paired layout), or
