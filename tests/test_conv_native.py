@@ -62,8 +62,7 @@ def _run_both(regime, kh, kw, has_t, writes_t, trains, dtype, seed=0, v_zero=Fal
     out_s = torch.zeros_like(ps)
     out_t = torch.zeros_like(ps) if writes_t else None
     geom = (regime, a, b, h, w, kh, kw)
-    consts = (w2 / (kh * kw), b2, half_sum, diff2 / (2 * math.pi),
-              4 * torch.finfo(dtype).eps, float(trains))
+    consts = (w2 / (kh * kw), b2, half_sum, diff2 / (2 * math.pi), float(trains))
     conv_native.conv_relu_step(ps, pt, out_s, out_t, r1, r2, g1, g2, geom, consts)
     return ref_s, ref_t, out_s, out_t
 
@@ -121,7 +120,7 @@ def test_native_step_saturated_correlations():
         ps[:] = sign * 2.0  # 1x1 kernel, W_std² = 1: Σ̃ = ±2 = ±v
         out = torch.zeros_like(ps)
         out_t = torch.zeros_like(ps)
-        consts = (1.0, 0.0, 0.5, 1.0 / (2 * math.pi), 4 * torch.finfo(dtype).eps, 1.0)
+        consts = (1.0, 0.0, 0.5, 1.0 / (2 * math.pi), 1.0)
         conv_native.conv_relu_step(ps, None, out, out_t, r, r, g, g,
                                    (conv_native.REGIME_DIAG_PAIRED, 1, 0, h, w, 1, 1), consts)
         theta = 0.0 if sign > 0 else math.pi
@@ -137,11 +136,11 @@ def test_bad_arguments():
     r = torch.ones((1, 3, 3), dtype=torch.float32)
     with pytest.raises(ValueError, match="one dtype"):
         conv_native.conv_relu_step(x, None, x.clone(), None, r, r, r, r,
-                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 1e-15, 0))
+                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 0))
     xi = x.to(torch.int32)
     with pytest.raises(ValueError, match="float32/float64"):
         conv_native.conv_relu_step(xi, None, xi.clone(), None, xi, xi, xi, xi,
-                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 1e-15, 0))
+                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 0))
 
 
 @pytest.mark.parametrize("flags", NTK_FLAGS, ids=["nngp", "first-trainable", "frozen", "train"])
@@ -161,7 +160,7 @@ def test_native_sums_equal_sum_of_outputs(flags):
     r2, g2 = conv_fused._rg(v2)
     a_, b_ = -0.2, 0.9
     consts = (1.7 / 9, 0.04, (a_ * a_ + b_ * b_) / 2, (a_ - b_) ** 2 / (2 * math.pi),
-              4 * torch.finfo(torch.float64).eps, float(trains))
+              float(trains))
     for k in range(2):
         sums = torch.zeros(2, dtype=torch.float64)
         scratch = torch.zeros_like(ps[k:k + 1])
@@ -220,7 +219,7 @@ def test_damaged_cached_library_is_rebuilt(tmp_path):
             "x = torch.full((1, 1, 1), 2.0, dtype=torch.float64); o = torch.zeros_like(x)\n"
             "r = torch.full((1, 1, 1), 0.5 ** 0.5, dtype=torch.float64); g = 1 / r\n"
             "c.conv_relu_step(x, None, o, None, r, r, g, g, (1, 1, 0, 1, 1, 1, 1),\n"
-            "                 (1.0, 0.0, 0.5, 1 / (2 * math.pi), 1e-15, 0.0))\n"
+            "                 (1.0, 0.0, 0.5, 1 / (2 * math.pi), 0.0))\n"
             "print(float(o))\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
