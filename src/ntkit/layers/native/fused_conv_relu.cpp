@@ -39,7 +39,7 @@ static_assert(sizeof(kAsinF32) == 6 * sizeof(double), "asin_over_y(float) is deg
 
 // asin(y)/y = P(y^2) on y in [0, 1/2] (relu_map.ASIN_COEFS_F64, degree 12) by Estrin's scheme
 // (short dependency chains keep the FMA units busy)
-inline double asin_over_y(double z) {
+__attribute__((always_inline)) inline double asin_over_y(double z) {
   const double* c = kAsinF64;
   const double z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
   const double q0 = (c[0] + c[1] * z) + (c[2] + c[3] * z) * z2;
@@ -49,7 +49,7 @@ inline double asin_over_y(double z) {
 }
 
 // float: degree 5 (relu_map.ASIN_COEFS_F32, relative error 4.6e-9)
-inline float asin_over_y(float z) {
+__attribute__((always_inline)) inline float asin_over_y(float z) {
   const float c0 = float(kAsinF32[0]), c1 = float(kAsinF32[1]), c2 = float(kAsinF32[2]),
               c3 = float(kAsinF32[3]), c4 = float(kAsinF32[4]), c5 = float(kAsinF32[5]);
   const float z2 = z * z;
@@ -59,9 +59,10 @@ inline float asin_over_y(float z) {
 // The arc-cosine map of one correlation, branch-free (vectorizes): rho is set to +-1 where
 // |rho| > 1 - kSnapUlps eps (clamping included); theta = arccos rho by the polynomial (for
 // |rho| <= 1/2, pi/2 - asin rho; above, 2 asin(sqrt((1-|rho|)/2)), exact in 1 - |rho|).
-// Sets theta and returns S = sqrt(1 - rho^2) - theta rho.
+// Sets theta and returns S = sqrt(1 - rho^2) - theta rho. Always inlined: a call inside the
+// loops would keep them from vectorizing.
 template <class T>
-inline T arccos_map(T rho, T& theta) {
+__attribute__((always_inline)) inline T arccos_map(T rho, T& theta) {
   const T one_m = T(1) - T(kSnapUlps) * std::numeric_limits<T>::epsilon();
   const T half_pi = T(1.5707963267948966);
   rho = std::fabs(rho) > one_m ? std::copysign(T(1), rho) : rho;
@@ -233,10 +234,14 @@ void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const
       NTKIT_PLANE(false, s_in + base, t_in ? t_in + base : nullptr, so, to, offs.data(), nw, f,
                   mask, L, k, s, t);
       if (part) {
+        // vector partial sums (a fixed order for a given L and build, whatever the thread)
         double ss = 0.0, ts = 0.0;
+#pragma omp simd reduction(+ : ss)
         for (int64_t j = 0; j < L; ++j) ss += double(red_s[j]);
-        if (WRITES_T)
+        if (WRITES_T) {
+#pragma omp simd reduction(+ : ts)
           for (int64_t j = 0; j < L; ++j) ts += double(red_t[j]);
+        }
         part[2 * p] = ss;
         part[2 * p + 1] = ts;
       }
