@@ -409,3 +409,19 @@ def test_kernels_same_bits_for_1_2_3_threads(native, dtype):
     finally:
         conv_native.set_native(old)
     _assert_same_bits(results)
+
+
+def test_shared_constants_are_generated_from_relu_map(monkeypatch):
+    """The library reports relu_map's constants bit for bit; the C++ source holds no copy of
+    the polynomial coefficients; changing a constant changes the generated header and so the
+    cache key (a rebuild, never a stale library)."""
+    expected = [*relu_map.ASIN_COEFS_F64, *relu_map.ASIN_COEFS_F32, float(relu_map.SNAP_ULPS)]
+    assert conv_native.constants() == expected
+    source = conv_native._SOURCE.read_text()
+    for c in relu_map.ASIN_COEFS_F64[1:] + relu_map.ASIN_COEFS_F32:
+        assert repr(c)[:10] not in source
+    cxx = conv_native._compiler()
+    before = conv_native.library_path(cxx, conv_native._FLAGS)
+    monkeypatch.setattr(relu_map, "SNAP_ULPS", 5)
+    assert "kSnapUlps = 5;" in conv_native.native_header()
+    assert conv_native.library_path(cxx, conv_native._FLAGS) != before

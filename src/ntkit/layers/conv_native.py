@@ -8,19 +8,23 @@ the interior of the next zero-padded buffer) is written once in C++
 ``c++``, ``-O3 -march=native``) into a shared library that is cached under
 ``$NTKIT_CACHE_DIR`` (default ``~/.cache/ntkit``) and keyed by a hash of the source, the
 generated header, the flags, the compiler and the CPU's feature flags, then called through
-``ctypes``. The constants shared with Python (``relu_map``'s asin polynomials and snapping
-of correlations, and ``ABI_VERSION``) are written into a header ``ntkit_relu_map.h``
-generated at build time (``native_header``), checked again when the library is loaded. The work is split into planes (the last two
-padded axes of one leading index), each walked as one flat vectorized run; one pass per layer
-reads each input entry from cache and writes each output once, which is what brings a layer
-close to the memory floor.
+``ctypes``. The work is split into planes (the last two padded axes of one leading index),
+each walked as one flat vectorized run; one pass per layer reads each input entry from cache
+and writes each output once, which is what brings a layer close to the memory floor.
 
-Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads; every output (and
-the per-plane partial sums of a GAP-folded last layer, added in plane order) is computed the
-same way whatever the thread count, so results are bit-identical across thread counts. The library is
-linked with ``-fopenmp`` and loaded after torch, so it binds to the OpenMP runtime torch
-already loaded and both share one thread pool (a second pool on the same cores spins against
-torch's: measured 1.5x slower). If the compiler has no OpenMP, a serial build is used.
+Shared constants: ``relu_map``'s asin polynomials and snapping of correlations, and
+``ABI_VERSION``, are written into a header ``ntkit_relu_map.h`` generated at build time
+(``native_header``) and checked again when the library is loaded (``constants``); the C++
+source holds no copy of them.
+
+Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads. Every output is
+computed by one thread from the same operands, and the sums of a GAP-folded last layer are
+per-plane partial sums added in plane order, so results are bit-identical for every thread
+count. The library is linked with ``-fopenmp`` and loaded after torch, so it binds to the
+OpenMP runtime torch already loaded and both share one thread pool (a second pool on the same
+cores spins against torch's: measured 1.5x slower). If the compiler has no OpenMP, a serial
+build is used.
+
 When no compiler is available, the build fails, ``NTKIT_NATIVE=0`` is set, or
 ``set_native(False)`` was called, ``available()`` is False and the callers use the torch
 implementation instead (``torch.compile`` or eager), with the same results to rounding.

@@ -18,6 +18,7 @@
 //   regime 0 (same positions, dense):  arrays (n1, n2, Hp, Wp); plane (p1, p2);
 //                                      r1, g1 (n1, H, W) at p1; r2, g2 (n2, H, W) at p2
 //   regime 1 (same positions, paired): arrays (m, Hp, Wp); plane k; r1, r2 (m, H, W) at k
+//
 // The arc-cosine map (rho -> theta, sqrt(1 - rho^2) - theta rho) is ntkit.layers.relu_map's
 // fast drop-in, with its edge conventions and constants: the asin polynomials, the snapping of
 // |rho| to 1 and the ABI number come from "ntkit_relu_map.h", which conv_native generates from
