@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ntkit.engine import KernelOptions
-from ntkit.layers import conv_fused, conv_native
+from ntkit.layers import conv_fused, conv_native, relu_map
 
 pytestmark = pytest.mark.skipif(not conv_native.available(),
                                 reason="native kernel unavailable (no C++ compiler?)")
@@ -63,8 +63,7 @@ def _run_both(regime, kh, kw, has_t, writes_t, trains, dtype, seed=0, v_zero=Fal
     out_s = torch.zeros_like(ps)
     out_t = torch.zeros_like(ps) if writes_t else None
     geom = (regime, a, b, h, w, kh, kw)
-    consts = (w2 / (kh * kw), b2, half_sum, diff2 / (2 * math.pi),
-              4 * torch.finfo(dtype).eps, float(trains))
+    consts = (w2 / (kh * kw), b2, half_sum, diff2 / (2 * math.pi), float(trains))
     conv_native.conv_relu_step(ps, pt, out_s, out_t, r1, r2, g1, g2, geom, consts)
     return ref_s, ref_t, out_s, out_t
 
@@ -122,7 +121,7 @@ def test_native_step_saturated_correlations():
         ps[:] = sign * 2.0  # 1x1 kernel, W_std² = 1: Σ̃ = ±2 = ±v
         out = torch.zeros_like(ps)
         out_t = torch.zeros_like(ps)
-        consts = (1.0, 0.0, 0.5, 1.0 / (2 * math.pi), 4 * torch.finfo(dtype).eps, 1.0)
+        consts = (1.0, 0.0, 0.5, 1.0 / (2 * math.pi), 1.0)
         conv_native.conv_relu_step(ps, None, out, out_t, r, r, g, g,
                                    (conv_native.REGIME_DIAG_PAIRED, 1, 0, h, w, 1, 1), consts)
         theta = 0.0 if sign > 0 else math.pi
@@ -138,11 +137,11 @@ def test_bad_arguments():
     r = torch.ones((1, 3, 3), dtype=torch.float32)
     with pytest.raises(ValueError, match="one dtype"):
         conv_native.conv_relu_step(x, None, x.clone(), None, r, r, r, r,
-                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 1e-15, 0))
+                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 0))
     xi = x.to(torch.int32)
     with pytest.raises(ValueError, match="float32/float64"):
         conv_native.conv_relu_step(xi, None, xi.clone(), None, xi, xi, xi, xi,
-                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 1e-15, 0))
+                                   (1, 1, 0, 3, 3, 1, 1), (1, 0, 0.5, 0.1, 0))
 
 
 @pytest.mark.parametrize("flags", NTK_FLAGS, ids=["nngp", "first-trainable", "frozen", "train"])
@@ -162,7 +161,7 @@ def test_native_sums_equal_sum_of_outputs(flags):
     r2, g2 = conv_fused._rg(v2)
     a_, b_ = -0.2, 0.9
     consts = (1.7 / 9, 0.04, (a_ * a_ + b_ * b_) / 2, (a_ - b_) ** 2 / (2 * math.pi),
-              4 * torch.finfo(torch.float64).eps, float(trains))
+              float(trains))
     for k in range(2):
         sums = torch.zeros(2, dtype=torch.float64)
         scratch = torch.zeros_like(ps[k:k + 1])
@@ -221,7 +220,7 @@ def test_damaged_cached_library_is_rebuilt(tmp_path):
             "x = torch.full((1, 1, 1), 2.0, dtype=torch.float64); o = torch.zeros_like(x)\n"
             "r = torch.full((1, 1, 1), 0.5 ** 0.5, dtype=torch.float64); g = 1 / r\n"
             "c.conv_relu_step(x, None, o, None, r, r, g, g, (1, 1, 0, 1, 1, 1, 1),\n"
-            "                 (1.0, 0.0, 0.5, 1 / (2 * math.pi), 1e-15, 0.0))\n"
+            "                 (1.0, 0.0, 0.5, 1 / (2 * math.pi), 0.0))\n"
             "print(float(o))\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
@@ -287,3 +286,137 @@ def test_fc_kernel_native_equals_torch_path():
     k_torch = arch.kernel(x, options=KernelOptions(native=False))
     torch.testing.assert_close(k_native.nngp, k_torch.nngp, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(k_native.ntk, k_torch.ntk, rtol=1e-13, atol=1e-15)
+
+
+# -- the same bits for every thread count -----------------------------------------------------
+def _per_thread_count(fn, counts=(1, 2, 3)):
+    """fn() evaluated with each torch thread count (the native library shares torch's OpenMP
+    pool and takes its size from torch.get_num_threads()); the count is restored after."""
+    old = torch.get_num_threads()
+    out = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            res = fn()
+            out.append([None if t is None else t.clone() for t in res])
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def _assert_same_bits(results):
+    for res in results[1:]:
+        for a, b in zip(results[0], res):
+            assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_step_same_bits_for_1_2_3_threads(regime, dtype):
+    """Every regime, every output (Σ', Θ'): bit for bit with 1, 2 and 3 threads."""
+    _assert_same_bits(_per_thread_count(
+        lambda: _run_both(regime, 3, 3, True, True, True, dtype, seed=2)[2:]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_gap_sums_same_bits_for_1_2_3_threads(dtype):
+    """The reduce mode (a last layer folded into GlobalAvgPool2d) on a 12x12 pair, 144 planes:
+    per-plane partial sums added in plane order give the same bits for 1, 2 and 3 threads
+    (adding per-thread partial sums in arrival order did not), and equal the float64 sum of
+    the written outputs to rounding."""
+    gen = torch.Generator().manual_seed(9)
+    h = w = 12
+    ps = _padded((1, h, w, h, w), 1, 1, True, gen, dtype)
+    pt = _padded((1, h, w, h, w), 1, 1, True, gen, dtype, lo=0.0)
+    r1, g1 = relu_map.rank_one_factors(torch.rand((1, h, w), generator=gen,
+                                                  dtype=torch.float64).to(dtype) + 0.5)
+    r2, g2 = relu_map.rank_one_factors(torch.rand((1, h, w), generator=gen,
+                                                  dtype=torch.float64).to(dtype) + 0.5)
+    geom = (conv_native.REGIME_FULL, 1, 0, h, w, 3, 3)
+    consts = (1.7 / 9, 0.04, 0.5, 1 / (2 * math.pi), 1.0)
+
+    def sums():
+        s = torch.zeros(2, dtype=torch.float64)
+        conv_native.conv_relu_step(ps, pt, torch.zeros_like(ps), torch.zeros_like(ps), r1, r2,
+                                   g1, g2, geom, consts, s)
+        return [s]
+
+    results = _per_thread_count(sums)
+    _assert_same_bits(results)
+    out_s, out_t = torch.zeros_like(ps), torch.zeros_like(ps)
+    conv_native.conv_relu_step(ps, pt, out_s, out_t, r1, r2, g1, g2, geom, consts)
+    ref = torch.stack([out_s.double().sum(), out_t.double().sum()])
+    torch.testing.assert_close(results[0][0], ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_dense_and_pair_input_same_bits_for_1_2_3_threads(dtype):
+    """arccos_dense (rows over threads) and pair_input (rows of the outer product over
+    threads): bit for bit with 1, 2 and 3 threads."""
+    c, v1, v2 = _dense_block(n1=67, n2=90)
+    cov = torch.tensor(c, dtype=dtype)
+    r1, g1 = relu_map.rank_one_factors(torch.tensor(v1, dtype=dtype))
+    r2, g2 = relu_map.rank_one_factors(torch.tensor(v2, dtype=dtype))
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn((3, 7, 9), generator=gen, dtype=torch.float64).to(dtype)
+    b = torch.randn((3, 7, 9), generator=gen, dtype=torch.float64).to(dtype)
+
+    def run():
+        out = cov.clone()
+        dot = conv_native.arccos_dense(out, r1, r2, g1, g2, 0.5, 1.0, True)
+        pair = torch.zeros((9, 11, 9, 11), dtype=dtype)
+        conv_native.pair_input(a, b, pair, 1, 1)
+        return [out, dot, pair]
+
+    _assert_same_bits(_per_thread_count(run))
+
+
+def _cntk(gap: bool):
+    import ntkit as nk
+    s2 = math.sqrt(2.0)
+    layers = []
+    for _ in range(3):
+        layers += [nk.Conv2d(8, 3, W_std=s2, b_std=0.1), nk.ReLU()]
+    return nk.Sequential(*layers, nk.GlobalAvgPool2d() if gap else nk.Flatten(),
+                         nk.Linear(1, W_std=1.0, b_std=None))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernels_same_bits_for_1_2_3_threads(native, dtype):
+    """Whole kernels, native and torch paths: CNTK-GAP and CNTK-V on 3 images of 16x16 (the
+    GAP sums of 65536 entries per pair were thread-count dependent in both paths before their
+    reductions got a fixed order), and a ReLU MLP on 90 inputs (dense blocks of 8100 >= 4096
+    entries: the native arccos block when native), bit for bit with 1, 2 and 3 threads."""
+    import ntkit as nk
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((3, 3, 16, 16), generator=gen, dtype=torch.float64).to(dtype)
+    xf = torch.randn((90, 12), generator=gen, dtype=torch.float64).to(dtype)
+    mlp = nk.Sequential(nk.Linear(64, W_std=1.5, b_std=0.1), nk.ReLU(),
+                        nk.Linear(64, W_std=1.5, b_std=0.1), nk.LeakyReLU(0.2), nk.Linear(1))
+    opts = KernelOptions(native=native)
+
+    def run():
+        out = []
+        for arch, inp in ((_cntk(True), x), (_cntk(False), x), (mlp, xf)):
+            k = arch.kernel(inp, options=opts)
+            out += [k.nngp, k.ntk]
+        return out
+    results = _per_thread_count(run)
+    _assert_same_bits(results)
+
+
+def test_shared_constants_are_generated_from_relu_map(monkeypatch):
+    """The library reports relu_map's constants bit for bit; the C++ source holds no copy of
+    the polynomial coefficients; changing a constant changes the generated header and so the
+    cache key (a rebuild, never a stale library)."""
+    expected = [*relu_map.ASIN_COEFS_F64, *relu_map.ASIN_COEFS_F32, float(relu_map.SNAP_ULPS)]
+    assert conv_native.constants() == expected
+    source = conv_native._SOURCE.read_text()
+    for c in relu_map.ASIN_COEFS_F64[1:] + relu_map.ASIN_COEFS_F32:
+        assert repr(c)[:10] not in source
+    cxx = conv_native._compiler()
+    before = conv_native.library_path(cxx, conv_native._FLAGS)
+    monkeypatch.setattr(relu_map, "SNAP_ULPS", 5)
+    assert "kSnapUlps = 5;" in conv_native.native_header()
+    assert conv_native.library_path(cxx, conv_native._FLAGS) != before

@@ -134,14 +134,6 @@ def test_one_pixel_conv_equals_dense():
     np.testing.assert_allclose(kc.ntk.numpy(), kd.ntk.numpy(), rtol=1e-12)
 
 
-def test_acos_poly_accuracy():
-    """acos_poly against numpy's arccos in float64 over [-1, 1] (and the endpoints)."""
-    x = torch.linspace(-1, 1, 200001, dtype=torch.float64)
-    x = torch.cat([x, torch.tensor([1 - 1e-16, -1 + 1e-16, 1e-300])])
-    ref = np.arccos(x.numpy())
-    np.testing.assert_allclose(conv_fused.acos_poly(x).numpy(), ref, rtol=0, atol=1e-15)
-
-
 def test_monte_carlo_cnn_gp():
     """Wide finite CNNs from arch.init: the empirical covariance of the outputs over random
     initializations approaches the analytic CNN-GP. With N = 24 seeds x 128 readout units the

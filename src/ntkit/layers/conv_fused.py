@@ -19,11 +19,10 @@ is one loop; without it (small problems, ``KernelOptions(compile="off")``, NTKIT
 compiling fails) the same function runs eagerly. On CPU the pass normally runs in C++
 instead (``conv_native``: the same math, one pair per call, the input covariance written
 straight into the padded buffer and a following GlobalAvgPool2d folded into the last layer). Pixel-pair states go through in fixed-size
-micro-batches (1 pair on CPU, 16 on CUDA) so that the compiled loop keeps one shape. arccos is evaluated by ``acos_poly``
-(vectorizes in float64, unlike the library arccos on many CPUs).
-
-Correlations within 4 ulps of ±1 are set to ±1 (rounding alone puts ρ = v·(1/√v)² that far from
-1 for an input against itself, which would otherwise show as θ ≈ 1e-8).
+micro-batches (1 pair on CPU, 16 on CUDA) so that the compiled loop keeps one shape. The
+activation is ``relu_map.fast_map`` (compiled: arccos by ``relu_map.acos_poly``, which
+vectorizes in float64, unlike the library arccos on many CPUs), with relu_map's edge
+conventions (zero variance, correlations snapped to ±1 within 4 ulps).
 """
 from __future__ import annotations
 
@@ -36,31 +35,10 @@ from typing import Callable, Iterator, Optional, Tuple
 import torch
 
 from ..engine.options import KernelOptions
+from . import relu_map
+from .fixed_sum import fixed_order_mean
 from .image_state import materialize
 from .state import KernelState
-
-# asin(y)/y = P(y²) on y ∈ [0, 1/2]: least-squares fit on 200 Chebyshev nodes of z = y² ∈
-# [0, 1/4], in 50-digit arithmetic (mpmath), degree 12; max error 1.5e-17.
-_ASIN_COEFS = (1.0, 0.1666666666666484, 0.07500000000404858, 0.044642856791215726,
-               0.03038196027149515, 0.02237173660319574, 0.017359969965541983,
-               0.013883027829435166, 0.0121816790888421, 0.006480855348779324,
-               0.01964239671205795, -0.016384436448802192, 0.032011340323281685)
-
-
-def acos_poly(x: torch.Tensor) -> torch.Tensor:
-    """arccos on [-1, 1] from one polynomial: for |x| ≤ 1/2, π/2 - asin x; above,
-    2 asin(sqrt((1 - |x|)/2)) (exact in 1 - |x|, so accurate near ±1); error ≲ 4e-16."""
-    a = x.abs()
-    big = a > 0.5
-    z = torch.where(big, (1.0 - a) * 0.5, a * a)
-    y = torch.where(big, torch.sqrt(z), a)
-    p = torch.full_like(z, _ASIN_COEFS[-1])
-    for c in _ASIN_COEFS[-2::-1]:
-        p = p * z + c
-    p = p * y
-    r = torch.where(big, 2.0 * p, math.pi / 2 - torch.where(x < 0, -p, p))
-    return torch.where(big & (x < 0), math.pi - r, r)
-
 
 # -- the one-pass step ------------------------------------------------------------------------
 def _window(p: torch.Tensor, a: int, b: int, h: int, w: int, full: bool) -> torch.Tensor:
@@ -73,8 +51,8 @@ def _step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tensor,
           ot: Optional[torch.Tensor], r1: torch.Tensor, r2: torch.Tensor, g1: torch.Tensor,
           g2: torch.Tensor, cfg: Tuple, poly: bool = False) -> None:
     """One [Conv2d, ABReLU] layer: reads padded (ps, pt), writes the interiors of (os_, ot).
-    ``poly``: arccos by ``acos_poly`` (one fused loop when compiled); eagerly the library
-    arccos is one op instead of ~30."""
+    ``poly``: arccos by ``relu_map.acos_poly`` (one fused loop when compiled); eagerly the
+    library arccos is one op instead of ~30."""
     kh, kw, w2, b2, trains, half_sum, diff2, full = cfg
     ph, pw = (kh - 1) // 2, (kw - 1) // 2
     if full:
@@ -100,15 +78,10 @@ def _step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tensor,
             t_pre = t_pre + s_pre
     elif trains:
         t_pre = s_pre
-    eps4 = 4.0 * torch.finfo(s_pre.dtype).eps
-    rho = (s_pre * r1 * r2).clamp(-1.0, 1.0)
-    rho = torch.where(rho.abs() > 1.0 - eps4, torch.sign(rho), rho)
-    theta = acos_poly(rho) if poly else torch.arccos(rho)
-    sin = torch.sqrt((1.0 - rho * rho).clamp(min=0.0))
-    s_post = s_pre * half_sum + (sin - theta * rho) * (g1 * g2) * (diff2 / (2 * math.pi))
+    need_dot = t_pre is not None and ot is not None
+    s_post, dot = relu_map.fast_map(s_pre, r1, r2, g1, g2, half_sum, diff2, need_dot, poly)
     _window(os_, ph, pw, h, w, full).copy_(s_post)
-    if t_pre is not None and ot is not None:
-        dot = half_sum - theta * (diff2 / (2 * math.pi))
+    if need_dot:
         _window(ot, ph, pw, h, w, full).copy_(t_pre * dot)
 
 
@@ -266,7 +239,7 @@ def _micro(t: torch.Tensor, mb: int) -> torch.Tensor:
 
 
 def _rg(v: torch.Tensor):
-    return torch.where(v > 0, torch.rsqrt(v), torch.zeros_like(v)), torch.sqrt(v)
+    return relu_map.rank_one_factors(v)
 
 
 # pairs per fused call in the full regime: a fixed shape, so that the compiled step is built
@@ -393,8 +366,9 @@ def run_fused(pairs, state: KernelState, options: KernelOptions, gap: bool = Fal
             res_s = _window(buf_s[0], ph, pw, h, w, True)[:k]
             res_t = _window(buf_t[0], ph, pw, h, w, True)[:k] if out_ntk is not None else None
             if gap:
-                res_s = res_s.mean(dim=(1, 2, 3, 4))
-                res_t = res_t.mean(dim=(1, 2, 3, 4)) if res_t is not None else None
+                # fixed-order sums: the same bits for every thread count (fixed_sum)
+                res_s = fixed_order_mean(res_s, 4)
+                res_t = fixed_order_mean(res_t, 4) if res_t is not None else None
             out_cov[sl] = res_s
             if out_ntk is not None:
                 out_ntk[sl] = res_t
@@ -428,8 +402,7 @@ def _native_layer(buf_s, buf_t, has_t, writes_t, rg, state, full, sl, kh, kw, w2
         geom = (conv_native.REGIME_DIAG_DENSE, r1.shape[0], r2.shape[0], h, w, kh, kw)
     else:
         geom = (conv_native.REGIME_DIAG_PAIRED, r1.shape[0], 0, h, w, kh, kw)
-    eps4 = 4.0 * torch.finfo(buf_s[0].dtype).eps
-    consts = (w2 / (kh * kw), b2, half_sum, diff2 / (2 * math.pi), eps4, float(trains))
+    consts = (w2 / (kh * kw), b2, half_sum, diff2 / (2 * math.pi), float(trains))
     conv_native.conv_relu_step(buf_s[0], buf_t[0] if has_t else None, buf_s[1],
                                buf_t[1] if writes_t else None, r1, r2, g1, g2, geom, consts,
                                sums)

@@ -6,24 +6,34 @@ The pass of ``conv_fused._step`` (stencil sums of Σ and Θ, arc-cosine activati
 the interior of the next zero-padded buffer) is written once in C++
 (``native/fused_conv_relu.cpp``), compiled with the machine's C++ compiler (``$CXX`` or
 ``c++``, ``-O3 -march=native``) into a shared library that is cached under
-``$NTKIT_CACHE_DIR`` (default ``~/.cache/ntkit``) and keyed by a hash of the source, the flags
-the compiler and the CPU's feature flags, then called through ``ctypes``. The work is split into planes (the last two
-padded axes of one leading index), each walked as one flat vectorized run; one pass per layer
-reads each input entry from cache and writes each output once, which is what brings a layer
-close to the memory floor.
+``$NTKIT_CACHE_DIR`` (default ``~/.cache/ntkit``) and keyed by a hash of the source, the
+generated header, the flags, the compiler and the CPU's feature flags, then called through
+``ctypes``. The work is split into planes (the last two padded axes of one leading index),
+each walked as one flat vectorized run; one pass per layer reads each input entry from cache
+and writes each output once, which is what brings a layer close to the memory floor.
 
-Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads. The library is
-linked with ``-fopenmp`` and loaded after torch, so it binds to the OpenMP runtime torch
-already loaded and both share one thread pool (a second pool on the same cores spins against
-torch's: measured 1.5x slower). If the compiler has no OpenMP, a serial build is used.
-When no compiler is available, the build fails, ``NTKIT_NATIVE=0`` is set, or
-``set_native(False)`` was called, ``available()`` is False and the callers use the torch
-implementation instead (``torch.compile`` or eager), with the same results to rounding.
+Shared constants: ``relu_map``'s asin polynomials and snapping of correlations, and
+``ABI_VERSION``, are written into a header ``ntkit_relu_map.h`` generated at build time
+(``native_header``) and checked again when the library is loaded (``constants``); the C++
+source holds no copy of them.
+
+Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads. Every output is
+computed by one thread from the same operands, and the sums of a GAP-folded last layer are
+per-plane partial sums added in plane order, so results are bit-identical for every thread
+count. The library is linked with ``-fopenmp`` and loaded after torch, so it binds to the
+OpenMP runtime torch already loaded and both share one thread pool (a second pool on the same
+cores spins against torch's: measured 1.5x slower). If the compiler has no OpenMP, a serial
+build is used.
+
+When no compiler is available, the build fails, or the kernel's options say
+``native=False`` (``KernelOptions``; NTKIT_NATIVE=0 sets that default), ``available()`` is False
+and the callers use the torch implementation instead (``torch.compile`` or eager), with the same results to rounding.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import contextlib
 import math
 import os
 import platform
@@ -32,28 +42,39 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
+
+from . import relu_map
 
 _SOURCE = Path(__file__).with_name("native") / "fused_conv_relu.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
           "-std=c++17", "-fPIC", "-shared"]
-_ABI_VERSION = 7
+# the calling convention of the library's entry points; bump on any change of arguments
+ABI_VERSION = 8
+_HEADER = "ntkit_relu_map.h"
 # regimes of the C++ kernel (see its header comment)
 REGIME_DIAG_DENSE, REGIME_DIAG_PAIRED, REGIME_FULL = 0, 1, 2
 
 _lock = threading.Lock()
 _state = {"lib": None, "tried": False, "error": None}
-_enabled = [os.environ.get("NTKIT_NATIVE", "1").lower() not in ("0", "off", "false", "no")]
+# Whether the computation in progress may use the library: set for the duration of a kernel
+# tile from its KernelOptions (``allowed``), so that layers deep inside (the dense arc-cosine
+# block) follow the options without a module-level switch.
+_allowed: ContextVar[bool] = ContextVar("ntkit_native_allowed", default=True)
 
 
-def set_native(enabled: bool) -> bool:
-    """Use the native CPU kernel when it can be built (default True); returns the old value."""
-    old = _enabled[0]
-    _enabled[0] = bool(enabled)
-    return old
+@contextlib.contextmanager
+def allowed(enabled: bool) -> Iterator[None]:
+    """Within the block, ``available()`` is False unless ``enabled`` (KernelOptions.native)."""
+    token = _allowed.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _allowed.reset(token)
 
 
 def cache_dir() -> Path:
@@ -83,10 +104,29 @@ def _cpu_signature() -> bytes:
         return platform.processor().encode()
 
 
+def _c_array(values) -> str:
+    return "{" + ", ".join(repr(float(v)) for v in values) + "}"
+
+
+def native_header() -> str:
+    """The generated header of the C++ source: relu_map's constants and the ABI number
+    (``repr`` of a float is the shortest literal that reads back to the same double)."""
+    return ("// generated by ntkit.layers.conv_native from ntkit.layers.relu_map: do not edit\n"
+            "#pragma once\n"
+            f"#define NTKIT_ABI_VERSION {int(ABI_VERSION)}\n"
+            f"constexpr int kSnapUlps = {int(relu_map.SNAP_ULPS)};\n"
+            f"constexpr double kAsinF64[] = {_c_array(relu_map.ASIN_COEFS_F64)};\n"
+            f"constexpr double kAsinF32[] = {_c_array(relu_map.ASIN_COEFS_F32)};\n")
+
+
+def _expected_constants() -> list:
+    return [*relu_map.ASIN_COEFS_F64, *relu_map.ASIN_COEFS_F32, float(relu_map.SNAP_ULPS)]
+
+
 def library_path(cxx: str, flags) -> Path:
     """Where the library built by ``cxx`` with ``flags`` is cached (a hash of the source, the
-    flags, the compiler's version and the CPU)."""
-    src = _SOURCE.read_bytes()
+    generated header, the flags, the compiler's version and the CPU)."""
+    src = _SOURCE.read_bytes() + native_header().encode()
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout
@@ -108,8 +148,10 @@ def _build(cxx: str, flags) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *flags, str(_SOURCE), "-o", tmp], capture_output=True,
-                              text=True, timeout=300)
+        with tempfile.TemporaryDirectory(dir=out_dir) as inc:  # the generated header
+            Path(inc, _HEADER).write_text(native_header())
+            proc = subprocess.run([cxx, *flags, "-I", inc, str(_SOURCE), "-o", tmp],
+                                  capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
@@ -121,8 +163,10 @@ def _build(cxx: str, flags) -> Path:
 
 def _open(path: Path):
     lib = ctypes.CDLL(str(path))
-    if lib.ntkit_abi_version() != _ABI_VERSION:
+    if lib.ntkit_abi_version() != ABI_VERSION:
         raise RuntimeError("stale library (ABI version mismatch)")
+    if constants(lib) != _expected_constants():
+        raise RuntimeError("stale library (constants differ from ntkit.layers.relu_map)")
     for name in ("ntkit_conv_relu_f32", "ntkit_conv_relu_f64"):
         fn = getattr(lib, name)
         fn.restype = None
@@ -137,6 +181,20 @@ def _open(path: Path):
         fn.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_int64] * 2 + [ctypes.c_double] * 2
                        + [ctypes.c_int])
     return lib
+
+
+def constants(lib=None) -> list:
+    """The shared constants the library was built with: relu_map.ASIN_COEFS_F64,
+    ASIN_COEFS_F32 and SNAP_ULPS, concatenated (as floats)."""
+    lib = lib if lib is not None else _load()
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {_state['error']}")
+    n = len(_expected_constants())
+    out = (ctypes.c_double * n)()
+    lib.ntkit_constants.restype = None
+    lib.ntkit_constants.argtypes = [ctypes.c_void_p]
+    lib.ntkit_constants(ctypes.addressof(out))
+    return list(out)
 
 
 def _load():
@@ -174,8 +232,9 @@ def _load():
 
 
 def available() -> bool:
-    """True when the native kernel is enabled and built (builds it on the first call)."""
-    return _enabled[0] and _load() is not None
+    """True when the native kernel is allowed here (``allowed``) and built (builds it on the
+    first call)."""
+    return _allowed.get() and _load() is not None
 
 
 def last_error() -> Optional[str]:
@@ -199,7 +258,8 @@ def conv_relu_step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tens
     geom = (regime, A, B, H, W, kh, kw): regime 2 (pixel pairs): arrays (A, Hp, Wp, Hp, Wp),
     r/g (A, H, W); regime 0 (same positions, dense): arrays (A, B, Hp, Wp), r1/g1 (A, H, W),
     r2/g2 (B, H, W); regime 1 (paired): arrays (A, Hp, Wp), r/g (A, H, W).
-    consts = (W_std²/(kh·kw), b_std², (a²+b²)/2, (a-b)²/(2π), 4·eps, trainable).
+    consts = (W_std²/(kh·kw), b_std², (a²+b²)/2, (a-b)²/(2π), trainable); the activation
+    is relu_map's fast map (edge conventions there).
     sums (regime 2 only): a float64 tensor of 2 to which Σ_{p,p'} S' and Σ_{p,p'} T' are added
     instead of writing os_/ot (a last layer followed by GlobalAvgPool2d)."""
     lib = _load()
@@ -220,7 +280,10 @@ def conv_relu_step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tens
                              or sums.numel() != 2 or not sums.is_contiguous()):
         raise ValueError("sums: a contiguous float64 tensor of 2, pixel-pair regime only")
     g = (ctypes.c_int64 * 7)(*[int(v) for v in geom])
-    c = (ctypes.c_double * 6)(*[float(v) for v in consts])
+    if len(consts) != 5:
+        raise ValueError(f"consts: 5 values (scale, b2, half_sum, c, trainable), got "
+                         f"{len(consts)}")
+    c = (ctypes.c_double * 5)(*[float(v) for v in consts])
     fn(*[_ptr(t) for t in tensors], ctypes.addressof(g), ctypes.addressof(c), _threads(),
        _ptr(sums))
 
@@ -249,9 +312,10 @@ def pair_input(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, ph: int, pw:
 def arccos_dense(cov: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, g1: torch.Tensor,
                  g2: torch.Tensor, half_sum: float, diff2: float, need_dot: bool
                  ) -> Optional[torch.Tensor]:
-    """The ReLU-family (arc-cosine) maps on a dense block, in place (ntkit.layers.relu's fast
-    path in one pass): cov (n1, n2) becomes E[φ(u)φ(v)]; returns E[φ'(u)φ'(v)] (n1, n2) when
-    ``need_dot``. r = 1/sqrt(v) (0 for v = 0) and g = sqrt(v): (n1,) rows, (n2,) columns."""
+    """The ReLU-family (arc-cosine) maps on a dense block, in place (``relu_map.fast_map`` in
+    one pass): cov (n1, n2) becomes E[φ(u)φ(v)]; returns E[φ'(u)φ'(v)] (n1, n2) when
+    ``need_dot``. r, g = ``relu_map.rank_one_factors(v)``: (n1,) rows, (n2,) columns;
+    half_sum, diff2 = ``relu_map.coefs(a, b)``."""
     lib = _load()
     if lib is None:
         raise RuntimeError(f"native kernel unavailable: {_state['error']}")

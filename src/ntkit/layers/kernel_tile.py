@@ -26,6 +26,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from ..engine.options import KernelOptions
+from . import conv_native
 from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
                          writes_input_in_place)
 from .image_state import (check_images, materialize, pixel_pair_plan, pixel_pair_state,
@@ -113,6 +114,11 @@ def kernel_tile(arch, a: torch.Tensor, b: Optional[torch.Tensor], options: Kerne
                 want_ntk: bool = True) -> Dict[str, torch.Tensor]:
     """{"nngp", "ntk"} (ra, rb) of ``arch`` on a (ra, ...) against b (rb, ...) (b=None: a
     against itself); see the module doc. The NTK is zeros when nothing is trainable."""
+    with conv_native.allowed(options.native):
+        return _kernel_tile(arch, a, b, options, want_ntk)
+
+
+def _kernel_tile(arch, a, b, options, want_ntk):
     kind = regime(arch, tuple(a.shape[1:]))
     if kind == "flat":
         cov, ntk = _flat_tile(arch, a, b, want_ntk)

@@ -23,6 +23,7 @@ from .finite import AvgPool2dModule, GlobalAvgPool2dModule
 from .base import Layer
 from .conv import IntPair, as_pair, check_image_shape
 from .conv_ops import check_padding, full_diagonal, pad_amounts, pool_map
+from .fixed_sum import fixed_order_mean
 from .state import KernelState
 
 
@@ -78,8 +79,9 @@ class GlobalAvgPool2d(Layer):
 
     def apply(self, state: KernelState) -> KernelState:
         _need_full(state, "GlobalAvgPool2d")
-        cov = state.cov.mean(dim=(-4, -3, -2, -1))
-        ntk = None if state.ntk is None else state.ntk.mean(dim=(-4, -3, -2, -1))
+        # a fixed summation order: the same bits whatever the thread count
+        cov = fixed_order_mean(state.cov, 4)
+        ntk = None if state.ntk is None else fixed_order_mean(state.ntk, 4)
         own1, own2 = state.own_covariances(cov)
         var1 = own1.clone()
         var2 = var1 if state.same_inputs else own2.clone()

@@ -18,30 +18,30 @@
 //   regime 0 (same positions, dense):  arrays (n1, n2, Hp, Wp); plane (p1, p2);
 //                                      r1, g1 (n1, H, W) at p1; r2, g2 (n2, H, W) at p2
 //   regime 1 (same positions, paired): arrays (m, Hp, Wp); plane k; r1, r2 (m, H, W) at k
-// arccos: asin(y)/y = P(y^2) on [0, 1/2], with acos x = pi/2 - asin x for |x| <= 1/2 and
-// 2 asin(sqrt((1-|x|)/2)) above, branch-free.
+//
+// The arc-cosine map (rho -> theta, sqrt(1 - rho^2) - theta rho) is ntkit.layers.relu_map's
+// fast drop-in, with its edge conventions and constants: the asin polynomials, the snapping of
+// |rho| to 1 and the ABI number come from "ntkit_relu_map.h", which conv_native generates from
+// relu_map at build time into the build directory (the numbers are written nowhere else).
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "ntkit_relu_map.h"  // NTKIT_ABI_VERSION, kSnapUlps, kAsinF64[13], kAsinF32[6]
+
 namespace {
 
-// asin(y)/y = P(y^2) on y in [0, 1/2], least-squares fits on 200 Chebyshev nodes of
-// z = y^2 in [0, 1/4] in 50-digit arithmetic (mpmath). double: degree 12, max relative error
-// 1.5e-17 (the coefficients of ntkit.layers.conv_fused.acos_poly); float: degree 5, 4.6e-9.
-const double kAsin12[13] = {1.0, 0.1666666666666484, 0.07500000000404858, 0.044642856791215726,
-                            0.03038196027149515, 0.02237173660319574, 0.017359969965541983,
-                            0.013883027829435166, 0.0121816790888421, 0.006480855348779324,
-                            0.01964239671205795, -0.016384436448802192, 0.032011340323281685};
-const double kAsin5[6] = {0.9999999957384342, 0.16666787011719464, 0.07494534269355964,
-                          0.045539009713168196, 0.02390936359009257, 0.04255359910635753};
+static_assert(sizeof(kAsinF64) == 13 * sizeof(double), "asin_over_y(double) is degree 12");
+static_assert(sizeof(kAsinF32) == 6 * sizeof(double), "asin_over_y(float) is degree 5");
 
-// P(z) by Estrin's scheme (short dependency chains keep the FMA units busy)
-inline double asin_over_y(double z) {
-  const double* c = kAsin12;
+// asin(y)/y = P(y^2) on y in [0, 1/2] (relu_map.ASIN_COEFS_F64, degree 12) by Estrin's scheme
+// (short dependency chains keep the FMA units busy)
+__attribute__((always_inline)) inline double asin_over_y(double z) {
+  const double* c = kAsinF64;
   const double z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
   const double q0 = (c[0] + c[1] * z) + (c[2] + c[3] * z) * z2;
   const double q1 = (c[4] + c[5] * z) + (c[6] + c[7] * z) * z2;
@@ -49,11 +49,34 @@ inline double asin_over_y(double z) {
   return (q0 + q1 * z4) + (q2 + c[12] * z4) * z8;
 }
 
-inline float asin_over_y(float z) {
-  const float c0 = float(kAsin5[0]), c1 = float(kAsin5[1]), c2 = float(kAsin5[2]),
-              c3 = float(kAsin5[3]), c4 = float(kAsin5[4]), c5 = float(kAsin5[5]);
+// float: degree 5 (relu_map.ASIN_COEFS_F32, relative error 4.6e-9)
+__attribute__((always_inline)) inline float asin_over_y(float z) {
+  const float c0 = float(kAsinF32[0]), c1 = float(kAsinF32[1]), c2 = float(kAsinF32[2]),
+              c3 = float(kAsinF32[3]), c4 = float(kAsinF32[4]), c5 = float(kAsinF32[5]);
   const float z2 = z * z;
   return (c0 + c1 * z) + (c2 + c3 * z) * z2 + (c4 + c5 * z) * (z2 * z2);
+}
+
+// The arc-cosine map of one correlation, branch-free (vectorizes): rho is set to +-1 where
+// |rho| > 1 - kSnapUlps eps (clamping included); theta = arccos rho by the polynomial (for
+// |rho| <= 1/2, pi/2 - asin rho; above, 2 asin(sqrt((1-|rho|)/2)), exact in 1 - |rho|).
+// Sets theta and returns S = sqrt(1 - rho^2) - theta rho. Always inlined: a call inside the
+// loops would keep them from vectorizing.
+template <class T>
+__attribute__((always_inline)) inline T arccos_map(T rho, T& theta) {
+  const T one_m = T(1) - T(kSnapUlps) * std::numeric_limits<T>::epsilon();
+  const T half_pi = T(1.5707963267948966);
+  rho = std::fabs(rho) > one_m ? std::copysign(T(1), rho) : rho;
+  const T a = std::fabs(rho);
+  const bool big = a > T(0.5);
+  const T z = big ? (T(1) - a) * T(0.5) : a * a;
+  const T y = big ? std::sqrt(z) : a;
+  const T p = asin_over_y(z) * y;  // asin(y)
+  // |rho| <= 1/2: pi/2 - asin(rho); above: 2 asin(.) for rho > 0, pi - 2 asin(.) below
+  theta = half_pi - std::copysign(big ? half_pi - T(2) * p : p, rho);
+  T om = T(1) - rho * rho;
+  om = om > T(0) ? om : T(0);
+  return std::sqrt(om) - theta * rho;
 }
 
 // dst[j] += src[j]; a separate function so that the compiler vectorizes along j (inlined into
@@ -76,7 +99,7 @@ inline T tree_sum(const T* const* p, int64_t j) {
 }
 
 struct Consts {
-  double scale, b2, hs, c, eps4;
+  double scale, b2, hs, c;
 };
 
 
@@ -114,8 +137,6 @@ inline void plane(const T* __restrict s_in, const T* __restrict t_in, T* __restr
     }
   }
   const T scale = T(k.scale), b2 = T(k.b2), hs = T(k.hs), c = T(k.c);
-  const T one_m = T(1) - T(k.eps4);
-  const T half_pi = T(1.5707963267948966);
   const T* __restrict ra = f.ra;
   const T* __restrict ga = f.ga;
   const T* __restrict rb = f.rb;
@@ -136,20 +157,9 @@ inline void plane(const T* __restrict s_in, const T* __restrict t_in, T* __restr
     const T sp = (acc * scale + b2) * mk;
     const T rr = (VEC_A ? ra[j] : ra0) * rb[j];
     const T gg = (VEC_A ? ga[j] : ga0) * gb[j];
-    T rho = sp * rr;
-    // |rho| within 4 ulps of 1, or beyond it by rounding: exactly +-1
-    rho = std::fabs(rho) > one_m ? std::copysign(T(1), rho) : rho;
-    const T a = std::fabs(rho);
-    const bool big = a > T(0.5);
-    const T z = big ? (T(1) - a) * T(0.5) : a * a;
-    const T y = big ? std::sqrt(z) : a;
-    const T p = asin_over_y(z) * y;  // asin(y)
-    // |rho| <= 1/2: pi/2 - asin(rho); above: 2 asin(.) for rho > 0, pi - 2 asin(.) below
-    const T th = half_pi - std::copysign(big ? half_pi - T(2) * p : p, rho);
-    T om = T(1) - rho * rho;
-    om = om > T(0) ? om : T(0);
-    const T sn = std::sqrt(om);
-    s_out[j] = sp * hs + (sn - th * rho) * gg * c;
+    T th;
+    const T sm = arccos_map(sp * rr, th);
+    s_out[j] = sp * hs + sm * gg * c;
     if (WRITES_T) {
       T tp = HAS_T_IN ? tacc * scale * mk : T(0);
       if (TRAINS) tp += sp;
@@ -196,12 +206,13 @@ Geom make_geom(const int64_t* g) {
   }
 
 // planes [p0, p1) of the layer. rp1/gp1/rp2/gp2: r and g padded to (H, Wp) per leading index
-// (rp1/gp1 unused in the full regime). acc: nullptr, or {sum S', sum T'} accumulators
-// (reduce mode: outputs go to scratch and only their sums are kept).
+// (rp1/gp1 unused in the full regime). part: nullptr, or (reduce mode: outputs go to scratch
+// and only their sums are kept) the per-plane sums {sum S', sum T'} at part[2p], part[2p+1],
+// each summed serially along the plane: the same bits whatever thread computes the plane.
 template <class T, bool HAS_T_IN, bool WRITES_T, bool TRAINS>
 void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* g1,
             const T* rp1, const T* gp1, const T* rp2, const T* gp2, const T* mask,
-            const Geom& q, const Consts& k, int64_t p0, int64_t p1, double* acc) {
+            const Geom& q, const Consts& k, int64_t p0, int64_t p1, double* part) {
   const int nw = int(q.kh * q.kw);
   const int64_t L = q.L, HWp = q.H * q.Wp;
   std::vector<T> buf(4 * L);
@@ -219,18 +230,21 @@ void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const
       const int64_t base = kk * st_k + i1 * st_i1 + j1 * st_j1;
       const int64_t v1 = (kk * q.H + i1) * q.W + j1;
       const Factors<T> f{r1 + v1, g1 + v1, rp2 + kk * HWp, gp2 + kk * HWp};
-      T* so = acc ? red_s : s_out + base + out_shift;
-      T* to = acc ? (WRITES_T ? red_t : nullptr) : (t_out ? t_out + base + out_shift : nullptr);
+      T* so = part ? red_s : s_out + base + out_shift;
+      T* to = part ? (WRITES_T ? red_t : nullptr) : (t_out ? t_out + base + out_shift : nullptr);
       NTKIT_PLANE(false, s_in + base, t_in ? t_in + base : nullptr, so, to, offs.data(), nw, f,
                   mask, L, k, s, t);
-      if (acc) {
+      if (part) {
+        // vector partial sums (a fixed order for a given L and build, whatever the thread)
         double ss = 0.0, ts = 0.0;
+#pragma omp simd reduction(+ : ss)
         for (int64_t j = 0; j < L; ++j) ss += double(red_s[j]);
-        acc[0] += ss;
         if (WRITES_T) {
+#pragma omp simd reduction(+ : ts)
           for (int64_t j = 0; j < L; ++j) ts += double(red_t[j]);
-          acc[1] += ts;
         }
+        part[2 * p] = ss;
+        part[2 * p + 1] = ts;
       }
     }
   } else {
@@ -253,10 +267,10 @@ template <class T>
 void dispatch(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* g1,
               const T* rp1, const T* gp1, const T* rp2, const T* gp2, const T* mask,
               const Geom& q, const Consts& k, bool trains, int64_t p0, int64_t p1,
-              double* acc) {
+              double* part) {
   const bool has_t = t_in != nullptr, writes_t = t_out != nullptr;
 #define NTKIT_CALL(H_, W_, TR_) \
-  planes<T, H_, W_, TR_>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, p0, p1, acc)
+  planes<T, H_, W_, TR_>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, p0, p1, part)
   if (!writes_t) NTKIT_CALL(false, false, false);
   else if (!has_t) { if (trains) NTKIT_CALL(false, true, true); else NTKIT_CALL(false, true, false); }
   else { if (trains) NTKIT_CALL(true, true, true); else NTKIT_CALL(true, true, false); }
@@ -267,14 +281,16 @@ void dispatch(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, con
 // library binds to the OpenMP runtime torch already loaded (same soname), so both share one
 // thread pool instead of two pools competing for the cores. sums: nullptr, or (regime 2) the
 // {sum of S', sum of T'} over the layer's outputs, added to sums[0..1] instead of writing them
-// (a last layer before GlobalAvgPool2d).
+// (a last layer before GlobalAvgPool2d). Deterministic: every output is computed by one thread
+// from the same operands, and the sums are per-plane partial sums added serially in plane
+// order after the parallel loop, so the bits do not depend on the thread count.
 template <class T>
 void layer(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* r2,
            const T* g1, const T* g2, const int64_t* geom, const double* consts, int nthreads,
            double* sums) {
   const Geom q = make_geom(geom);
-  const Consts k{consts[0], consts[1], consts[2], consts[3], consts[4]};
-  const bool trains = consts[5] != 0.0;
+  const Consts k{consts[0], consts[1], consts[2], consts[3]};
+  const bool trains = consts[4] != 0.0;
   const int64_t HW = q.H * q.W, HWp = q.H * q.Wp;
   const int64_t n1 = q.A, n2 = q.regime == 0 ? q.B : q.A;
   // padded factors and the padding-column mask
@@ -295,33 +311,31 @@ void layer(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const 
   }
   for (int64_t j = 0; j < HWp; ++j) mask[j] = (j % q.Wp) < q.W ? T(1) : T(0);
   const int64_t n = q.planes();
-  double* red = (q.regime == 2) ? sums : nullptr;
+  std::vector<double> part(q.regime == 2 && sums ? 2 * n : 0);
+  double* pp = part.empty() ? nullptr : part.data();
 #ifdef _OPENMP
   if (nthreads > 1 && n > 1) {
 #pragma omp parallel num_threads(nthreads)
     {
       const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      double acc[2] = {0.0, 0.0};
       dispatch<T>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, trains,
-                  n * id / nt, n * (id + 1) / nt, red ? acc : nullptr);
-      if (red) {
-#pragma omp critical(ntkit_sums)
-        {
-          red[0] += acc[0];
-          red[1] += acc[1];
-        }
-      }
+                  n * id / nt, n * (id + 1) / nt, pp);
     }
-    return;
-  }
+  } else
 #endif
+  {
+    dispatch<T>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, trains, 0, n,
+                pp);
+  }
   (void)nthreads;
-  double acc[2] = {0.0, 0.0};
-  dispatch<T>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, trains, 0, n,
-              red ? acc : nullptr);
-  if (red) {
-    red[0] += acc[0];
-    red[1] += acc[1];
+  if (pp) {
+    double ss = 0.0, ts = 0.0;
+    for (int64_t p = 0; p < n; ++p) {
+      ss += pp[2 * p];
+      ts += pp[2 * p + 1];
+    }
+    sums[0] += ss;
+    sums[1] += ts;
   }
 }
 
@@ -370,13 +384,13 @@ void outer(const T* a, const T* b, T* out, const int64_t* geom, int nthreads) {
 }
 
 // The ReLU-family maps on a dense (n1, n2) block of pre-activation covariances, in place:
-// rho = clamp(c r1_i r2_j, -1, 1), theta = arccos rho,
-// cov <- hs c + k (sqrt(1 - rho^2) - theta rho) g1_i g2_j,  dot <- hs - k theta (if dot).
-// (No snapping to +-1 here: the fully-connected path refines nearly equal inputs separately.)
+// rho = c r1_i r2_j, S = arccos_map(rho, theta),
+// cov <- hs c + k S g1_i g2_j,  dot <- hs - k theta (if dot). Rows split over threads; each
+// entry is computed by one thread from the same operands (deterministic).
 template <class T>
 void arccos_dense(T* cov, T* dot, const T* r1, const T* r2, const T* g1, const T* g2,
                   int64_t n1, int64_t n2, double hs_, double k_, int nthreads) {
-  const T hs = T(hs_), kk = T(k_), half_pi = T(1.5707963267948966);
+  const T hs = T(hs_), kk = T(k_);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
 #endif
@@ -389,18 +403,9 @@ void arccos_dense(T* cov, T* dot, const T* r1, const T* r2, const T* g1, const T
 #pragma omp simd simdlen(64 / sizeof(T))
     for (int64_t j = 0; j < n2; ++j) {
       const T cv = c[j];
-      T rho = cv * ra * rb[j];
-      rho = rho > T(1) ? T(1) : rho;
-      rho = rho < T(-1) ? T(-1) : rho;
-      const T a = std::fabs(rho);
-      const bool big = a > T(0.5);
-      const T z = big ? (T(1) - a) * T(0.5) : a * a;
-      const T y = big ? std::sqrt(z) : a;
-      const T p = asin_over_y(z) * y;
-      const T th = half_pi - std::copysign(big ? half_pi - T(2) * p : p, rho);
-      T om = T(1) - rho * rho;
-      om = om > T(0) ? om : T(0);
-      c[j] = hs * cv + kk * (std::sqrt(om) - th * rho) * (ga * gb[j]);
+      T th;
+      const T sm = arccos_map(cv * ra * rb[j], th);
+      c[j] = hs * cv + kk * sm * (ga * gb[j]);
       if (d) d[j] = hs - kk * th;
     }
   }
@@ -425,7 +430,15 @@ void ntkit_arccos_dense_f64(double* cov, double* dot, const double* r1, const do
   arccos_dense<double>(cov, dot, r1, r2, g1, g2, n1, n2, hs, k, nthreads);
 }
 
-int ntkit_abi_version() { return 7; }
+int ntkit_abi_version() { return NTKIT_ABI_VERSION; }
+
+// the shared constants this library was built with: out[0..12] kAsinF64, out[13..18] kAsinF32,
+// out[19] kSnapUlps (checked against ntkit.layers.relu_map on load)
+void ntkit_constants(double* out) {
+  for (int i = 0; i < 13; ++i) out[i] = kAsinF64[i];
+  for (int i = 0; i < 6; ++i) out[13 + i] = kAsinF32[i];
+  out[19] = double(kSnapUlps);
+}
 
 int ntkit_has_openmp() {
 #ifdef _OPENMP
@@ -436,7 +449,7 @@ int ntkit_has_openmp() {
 }
 
 // geom: {regime, A, B, H, W, kh, kw} (A, B: n1, n2 for regime 0; m, 0 otherwise)
-// consts: {scale, b2, half_sum, c, eps4, trainable}
+// consts: {scale, b2, half_sum, c, trainable}
 void ntkit_conv_relu_f32(const float* s_in, const float* t_in, float* s_out, float* t_out,
                          const float* r1, const float* r2, const float* g1, const float* g2,
                          const int64_t* geom, const double* consts, int nthreads,
