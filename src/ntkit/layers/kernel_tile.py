@@ -41,6 +41,8 @@ FLAT_TILE = 512
 # padded copies, activation temporaries, allocator slack): measured peak growth ~19 per pair
 # (tests/test_conv_memory.py).
 EAGER_TENSORS_PER_PAIR = 20
+# the fused prefix's outputs (Σ, Θ) and a stored input covariance, per pair
+FUSED_TENSORS_PER_PAIR = 4
 # largest tile side for pixel pairs when the fused pass reduces them to scalars (GAP readout)
 PIXEL_PAIR_TILE_MAX = 64
 
@@ -96,13 +98,26 @@ def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
     probe = KernelState(cov=None, var1=x[:1, 0], var2=x[:1, 0], ntk=None, width=1,
                         layout="paired", spatial="full", images=(x[:1], x[:1]))
     n_fused = fused_length(layers, probe, options)
+    esize = x.element_size()
     if folds_gap(layers, n_fused, probe):  # pairs reduce to scalars: the inputs dominate
-        per_pair = 4 * x[0].numel() * x.element_size()
+        per_pair = 4 * x[0].numel() * esize
         if not writes_input_in_place(x.device, x.dtype, options):
-            per_pair += 2 * (h * w) ** 2 * x.element_size()  # the input covariance, stored
+            per_pair += 2 * (h * w) ** 2 * esize  # the input covariance, stored
         cap = PIXEL_PAIR_TILE_MAX
     else:
-        per_pair = (h * w) ** 2 * x.element_size() * EAGER_TENSORS_PER_PAIR
+        # the largest stage: the fused prefix keeps its outputs (Σ, Θ) and at most a stored
+        # input at the input resolution; a later layer holds its inputs (Σ, Θ) and up to
+        # EAGER_TENSORS_PER_PAIR tensors at its output resolution (pooling shrinks them)
+        per_pair = FUSED_TENSORS_PER_PAIR * (h * w) ** 2 * esize if n_fused else 0
+        shape = tuple(x.shape[1:])
+        for k, layer in enumerate(layers):
+            out = layer.out_shape(shape)
+            if k >= n_fused and len(shape) == 3:
+                entries_in = (shape[1] * shape[2]) ** 2
+                entries_out = (out[1] * out[2]) ** 2 if len(out) == 3 else 1
+                per_pair = max(per_pair, FUSED_TENSORS_PER_PAIR * entries_in * esize,
+                               EAGER_TENSORS_PER_PAIR * entries_out * esize)
+            shape = out
         cap = 1024
     pairs = max(1, options.memory_budget // per_pair)
     # r x r entries plus 2r pairs of inputs with themselves
