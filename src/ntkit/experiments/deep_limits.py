@@ -1,0 +1,212 @@
+"""Seed 000 (Radhakrishnan, Belkin & Uhler, PNAS 2023): what infinitely wide networks become as
+depth L grows, on data on the unit sphere.
+
+Data: two classes, prior P(y = +1) = 0.4; class +1 from Dirichlet(1, 2), class -1 from
+Dirichlet(2, 1), projected to the unit circle (d = 2); and d = 3 with Dirichlet(.5, .5, 2.5)
+vs Dirichlet(2.5, .1, .5), projected to the unit sphere. For each activation, normalized to unit
+variance (``ntkit.theory.deep_architecture``: no biases):
+  * ReLU (A ≠ 0: predicted limit the majority vote);
+  * h₂ + h₃ (normalized Hermite polynomials; A = A' = 0: predicted limit 1-nearest-neighbour);
+  * erf (A = 0 ≠ A': a singular kernel, α = -4 log Ã'/log B̃ ≈ 0.89);
+  * φ_opt for that d (eq. (32), α = d),
+the NNGP and NTK classifiers sgn(k(x, X) K⁻¹ y) at each depth (``ntkit.theory.deep_kernels``,
+all depths in one pass; K⁻¹ through ``ntkit.predict.MSEDynamics`` at t = ∞, the minimum-norm
+limit where K is singular to working precision), next to the majority
+vote, 1-NN, the singular-kernel estimates sgn Σ yᵢ |x - xᵢ|^(-a) with a = α (the predicted
+limit) and a = d - 1 (Hilbert weights on the (d-1)-dimensional sphere), and the Bayes
+classifier from the known densities (the Dirichlet densities at p = x/|x|₁; the Jacobian of the
+projection is common to both classes and cancels).
+
+Outputs ``deep_limits.png`` (accuracy and agreement with the predicted limit against L, one
+row per d) and ``results.json``: accuracies, agreements, and per activation and kernel the
+first depth at which agreement with the predicted limit reaches 95% (null if it does not
+within the depths run). ReLU approaches the majority vote only at very large depth: its
+normalized dual has ψ'(1) = B̃ = 1, so correlations approach 1 only polynomially in L.
+
+    ntkit experiment deep-limits [--quick]
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+import ntkit as nk
+from ntkit import theory
+from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
+from ntkit.predict import MSEDynamics, SingularKernelWarning
+
+SETTINGS = {
+    "d2": {"d": 2, "pos": [1.0, 2.0], "neg": [2.0, 1.0]},
+    "d3": {"d": 3, "pos": [0.5, 0.5, 2.5], "neg": [2.5, 0.1, 0.5]},
+}
+FULL = {"settings": ["d2", "d3"], "n_train": 10000, "n_test": 10000, "prior": 0.4,
+        "depths": [1, 2, 3, 5, 10, 20, 50, 100, 200, 300, 500]}
+QUICK = {"settings": ["d2", "d3"], "n_train": 300, "n_test": 300, "prior": 0.4,
+         "depths": [1, 2, 5, 10, 20, 50, 100]}
+
+
+def activations(d: int) -> Dict[str, nk.Layer]:
+    return {"relu": nk.ReLU(), "h2+h3": theory.HermitePolynomial([0, 0, 1, 1]),
+            "erf": nk.Erf(), "phi_opt": theory.PhiOpt(d)}
+
+
+def sample(setting: dict, n: int, prior: float, rng: np.random.Generator):
+    """(x (n, d) on the unit sphere, y (n,) in {+1, -1}, p (n, d) on the simplex)."""
+    y = np.where(rng.random(n) < prior, 1.0, -1.0)
+    p = np.empty((n, setting["d"]))
+    pos = y > 0
+    p[pos] = rng.dirichlet(setting["pos"], int(pos.sum()))
+    p[~pos] = rng.dirichlet(setting["neg"], int((~pos).sum()))
+    p = np.clip(p, 1e-300, None)
+    p /= p.sum(1, keepdims=True)
+    return p / np.linalg.norm(p, axis=1, keepdims=True), y, p
+
+
+def log_dirichlet(p: np.ndarray, alpha) -> np.ndarray:
+    from scipy.special import gammaln
+    a = np.asarray(alpha)
+    return gammaln(a.sum()) - gammaln(a).sum() + ((a - 1) * np.log(p)).sum(1)
+
+
+def bayes(p: np.ndarray, setting: dict, prior: float) -> np.ndarray:
+    score = (math.log(prior) + log_dirichlet(p, setting["pos"])
+             - math.log(1 - prior) - log_dirichlet(p, setting["neg"]))
+    return np.where(score >= 0, 1.0, -1.0)
+
+
+def singular_estimate(dist: np.ndarray, y: np.ndarray, power: float) -> np.ndarray:
+    """sgn Σ_i y_i |x - x_i|^(-power), evaluated stably in the log domain (a test point equal to
+    a training point takes that point's label)."""
+    logw = -power * np.log(np.maximum(dist, 1e-300))
+    logw -= logw.max(1, keepdims=True)
+    return np.where((np.exp(logw) * y[None, :]).sum(1) >= 0, 1.0, -1.0)
+
+
+def first_reaching(depths: List[int], values: List[float], level: float = 0.95):
+    for depth, v in zip(depths, values):
+        if v >= level:
+            return depth
+    return None
+
+
+def kernel_classifier(k_all: torch.Tensor, n: int, y: torch.Tensor):
+    """(sgn k(x, X) K⁻¹ y, whether K was singular) from stacked rows [K; k(test, X)] (n + m, n).
+    K⁻¹ is the minimum-norm (pseudo-)inverse where K is singular to working precision (smooth
+    kernels on a circle, or near-duplicate training points under a deep singular kernel).
+    NaN where the score is exactly 0 (every kernel value to the training set underflowed)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SingularKernelWarning)
+        dyn = MSEDynamics(k_all[:n], y, on_singular="warn")
+        score = dyn.predict(None, k_test_train=k_all[n:])
+    singular = any(issubclass(w.category, SingularKernelWarning) for w in caught)
+    score = torch.as_tensor(score).reshape(-1).numpy()
+    return np.where(score > 0, 1.0, np.where(score < 0, -1.0, np.nan)), singular
+
+
+def run_setting(name: str, cfg: dict, seed: int) -> dict:
+    setting = SETTINGS[name]
+    rng = np.random.default_rng(seed + (0 if name == "d2" else 1000))
+    x_tr, y_tr, _ = sample(setting, cfg["n_train"], cfg["prior"], rng)
+    x_te, y_te, p_te = sample(setting, cfg["n_test"], cfg["prior"], rng)
+    n = len(y_tr)
+    dist = np.sqrt(np.clip(2 - 2 * x_te @ x_tr.T, 0, None))
+    majority = np.full(len(y_te), 1.0 if y_tr.sum() >= 0 else -1.0)
+    nearest = y_tr[np.argmin(dist, axis=1)]
+    d = setting["d"]
+    baselines = {"majority": majority, "1-nn": nearest, "bayes": bayes(p_te, setting, cfg["prior"]),
+                 f"hilbert(d-1={d - 1})": singular_estimate(dist, y_tr, d - 1)}
+    rho = torch.from_numpy(np.concatenate([x_tr @ x_tr.T, x_te @ x_tr.T]))
+    y_t = torch.from_numpy(y_tr)
+    out = {"d": d, "baseline_accuracy": {k: float((v == y_te).mean()) for k, v in baselines.items()},
+           "activations": {}}
+    for act_name, act in activations(d).items():
+        limit = theory.deep_limit(act)
+        if limit.kind == "majority":
+            predicted, label = majority, "majority"
+        elif limit.kind == "nearest-neighbour":
+            predicted, label = nearest, "1-nn"
+        else:
+            predicted = singular_estimate(dist, y_tr, limit.alpha)
+            label = f"singular(alpha={limit.alpha:.3g})"
+        entry = {"limit": limit.kind, "alpha": limit.alpha, "predicted_classifier": label,
+                 "predicted_accuracy": float((predicted == y_te).mean()),
+                 "moments_normalized": vars(limit.moments), "depths": [],
+                 "nngp": {"accuracy": [], "agreement": [], "undetermined": [], "singular": []},
+                 "ntk": {"accuracy": [], "agreement": [], "undetermined": [], "singular": []}}
+        for depth, nngp, ntk in theory.deep_kernels(act, rho, cfg["depths"]):
+            entry["depths"].append(depth)
+            for kname, k in (("nngp", nngp), ("ntk", ntk)):
+                pred, singular = kernel_classifier(k, n, y_t)
+                entry[kname]["singular"].append(singular)
+                entry[kname]["accuracy"].append(float((pred == y_te).mean()))
+                entry[kname]["agreement"].append(float((pred == predicted).mean()))
+                entry[kname]["undetermined"].append(float(np.isnan(pred).mean()))
+        for kname in ("nngp", "ntk"):
+            entry[kname]["depth_agreement_95"] = first_reaching(entry["depths"],
+                                                                entry[kname]["agreement"])
+        out["activations"][act_name] = entry
+    return out
+
+
+def plot(path: Path, results: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(len(names), 2, figsize=(12, 4.2 * len(names)), squeeze=False)
+    colors = {"relu": "tab:blue", "h2+h3": "tab:green", "erf": "tab:orange", "phi_opt": "tab:red"}
+    for row, name in enumerate(names):
+        res = results[name]
+        ax_acc, ax_agree = axes[row]
+        for act, entry in res["activations"].items():
+            c = colors.get(act, None)
+            for kname, ls in (("ntk", "-"), ("nngp", "--")):
+                ax_acc.plot(entry["depths"], entry[kname]["accuracy"], ls, color=c, marker="o",
+                            ms=3, label=f"{act} {kname.upper()}")
+                ax_agree.plot(entry["depths"], entry[kname]["agreement"], ls, color=c, marker="o",
+                              ms=3, label=f"{act} {kname.upper()} vs {entry['predicted_classifier']}")
+        for i, (base, acc) in enumerate(res["baseline_accuracy"].items()):
+            ax_acc.axhline(acc, color="0.3", lw=0.8, ls=[":", "-.", "-", (0, (5, 1))][i % 4],
+                           label=f"{base} ({acc:.3f})")
+        ax_agree.axhline(0.95, color="0.5", lw=0.8, ls=":")
+        for ax in (ax_acc, ax_agree):
+            ax.set_xscale("log")
+            ax.set_xlabel("depth L (hidden layers)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6.5, ncol=2)
+        ax_acc.set_ylabel("test accuracy")
+        ax_acc.set_title(f"d = {res['d']}: accuracy of the NNGP/NTK classifiers")
+        ax_agree.set_ylabel("agreement with the predicted limit")
+        ax_agree.set_title(f"d = {res['d']}: agreement with the deep limit of seed 000")
+    save_figure(fig, path)
+
+
+def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+    cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
+    unknown = [s for s in cfg["settings"] if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; available: {sorted(SETTINGS)}")
+    results = {name: run_setting(name, cfg, seed) for name in cfg["settings"]}
+    plot(out_dir / "deep_limits.png", results)
+    summary = {f"{name}/{act}/{k}": e[k]["depth_agreement_95"]
+               for name, r in results.items() for act, e in r["activations"].items()
+               for k in ("nngp", "ntk")}
+    out = {"experiment": "deep-limits", "config": cfg, "seed": seed, "settings": results,
+           "depth_agreement_95": summary, "seconds": time.perf_counter() - t0}
+    write_results(out_dir, out)
+    return out
+
+
+def main(argv=None) -> None:
+    standalone_main(__doc__, run, lambda r: r["depth_agreement_95"], argv)
+
+
+if __name__ == "__main__":
+    main()
