@@ -40,6 +40,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .layers import Linear, ReLU, Sequential
 from .predict import MSEDynamics
 from .predict._linalg import Spectrum, reg_value
+from .predict.duplicates import warn_near_duplicates
 from .predict._time import as_times, phi_over_lambda
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -108,6 +109,7 @@ class _KernelModel(BaseEstimator):
 
     def _fit_targets(self, X, Y: np.ndarray):
         arch = self._check_params()
+        warn_near_duplicates(X, stacklevel=4)
         k = self._kernel(arch, X)
         dyn = MSEDynamics(k, torch.as_tensor(Y, dtype=k.dtype), learning_rate=self.learning_rate,
                           loss="mean", diag_reg=self.diag_reg, diag_reg_relative=True,
