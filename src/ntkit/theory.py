@@ -223,14 +223,18 @@ def deep_architecture(act: ActivationLike, depth: int, d_in: int) -> Sequential:
     return Sequential(*layers)
 
 
-def deep_kernels(act: ActivationLike, rho: torch.Tensor, depths: Sequence[int]):
+def deep_kernels(act: ActivationLike, rho: torch.Tensor, depths: Sequence[int],
+                 dist: Optional[torch.Tensor] = None):
     """NNGP and NTK of ``deep_architecture`` on unit-norm inputs with correlations ``rho``
     (a tensor of any shape, e.g. train-train and test-train rows stacked), at every depth in
     ``depths`` in one pass: yields (depth, nngp, ntk) in increasing depth (float64 tensors of
-    rho's shape, valid until the next step). The recursion, unit variances throughout:
+    rho's shape, valid until the next step); depth L is ``deep_architecture(act, L, d)``, L
+    activations. The recursion, unit variances throughout, from the first layer's Σ = Θ = ρ:
 
-        Σ¹ = Θ¹ = ρ,    Σ ← ψ(Σ)/M,    Θ ← Θ ψ'(Σ)/M + Σ      (ψ the dual activation).
+        each hidden layer:   Σ ← ψ(Σ)/M,    Θ ← Θ ψ'(Σ)/M + Σ      (ψ the dual activation).
 
+    ``dist`` is |x - x'|² (= 2 - 2ρ by default, exactly 0 where ρ = 1): it is carried along
+    so that the ReLU family keeps nearly equal pairs and the diagonal exact (ntkit.layers.relu).
     |Σ| ≤ 1 and |Θ| ≤ Θ(x, x) = Σ_l B̃^l; for A = 0 the off-diagonal entries shrink like
     Ã'^(2L) and underflow float64 past L ≈ 700 / |log Ã'²| (doubly exponentially fast when
     A' = 0 too).
@@ -241,11 +245,15 @@ def deep_kernels(act: ActivationLike, rho: torch.Tensor, depths: Sequence[int]):
     if not wanted or wanted[0] < 1:
         raise ValueError(f"depths must be positive integers, got {list(depths)!r}")
     cov = torch.as_tensor(rho, dtype=torch.float64).clone().clamp_(-1.0, 1.0)
+    dist = ((2 - 2 * cov) if dist is None
+            else torch.as_tensor(dist, dtype=torch.float64).clone()).clamp_(min=0.0)
     ntk = cov.clone()
     ones = torch.ones((), dtype=torch.float64)
     for layer in range(1, wanted[-1] + 1):
-        value, dot, _ = act.pair_moments(cov.clamp_(-1.0, 1.0), ones, ones, None, True)
-        cov = value.div_(m)
+        value, dot, new_dist = act.pair_moments(cov, ones, ones, dist, True)
+        cov = value.div_(m).clamp_(-1.0, 1.0)
+        dist = (2 - 2 * cov) if new_dist is None else new_dist.div_(m)
+        dist.clamp_(min=0.0)
         ntk = ntk.mul_(dot.div_(m)).add_(cov)
         if layer in wanted:
             yield layer, cov, ntk
