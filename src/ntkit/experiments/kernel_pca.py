@@ -110,7 +110,10 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, data_dir=None, **opti
                  for name, ev in PUBLISHED.items()}
     plot(out_dir / "kernel_pca.png", comps, labels, shown, cfg)
     out = {"experiment": "kernel-pca", "config": cfg, "seed": seed, "data": source, "n": n,
-           "input_dim": d, "inputs": results, "published": published,
+           "input_dim": d,
+           "leading_eigenvalues_K_over_n": {f"{name} {i + 1}": results[name]["eigenvalues_K_over_n"][i]
+                                            for name in results for i in range(3)},
+           "inputs": results, "published": published,
            "components_pixels_2_3": comps["pixels"][:, 1:3].tolist(), "labels": labels.tolist(),
            "seconds": time.perf_counter() - t0}
     write_results(out_dir, out, indent=None)

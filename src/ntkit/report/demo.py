@@ -21,7 +21,8 @@ from ..commands.common import Context, UsageError
 
 #: experiments the full demo runs (quick variants); the others need data or more time
 DEMO_EXPERIMENTS = ("width-sweep", "unit-circle", "ntk-gp", "linearization", "ntk-drift",
-                    "two-layer-sigmoid", "lazy-training")
+                    "two-layer-sigmoid", "lazy-training", "deep-limits", "kernel-pca",
+                    "error-prediction")
 
 
 def _select(experiments: Optional[str], quick: bool) -> List[str]:
