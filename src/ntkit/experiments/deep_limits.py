@@ -21,7 +21,12 @@ Outputs ``deep_limits.png`` (accuracy and agreement with the predicted limit aga
 row per d) and ``results.json``: accuracies, agreements, and per activation and kernel the
 first depth at which agreement with the predicted limit reaches 95% (null if it does not
 within the depths run). ReLU approaches the majority vote only at very large depth: its
-normalized dual has ψ'(1) = B̃ = 1, so correlations approach 1 only polynomially in L.
+normalized dual has ψ'(1) = B̃ = 1, so correlations approach 1 only polynomially in L (in the
+quick run its classifier stays at the 1-NN-like accuracy up to L = 100). For h₂ + h₃ the
+off-diagonal kernel values shrink doubly exponentially (ψ(ρ) = (ρ² + ρ³)/2) and underflow
+float64 past L of a few tens: predictions whose every kernel value to the training set is 0
+are counted as "undetermined" (and as disagreeing). Memory: one n_train² matrix at a time plus
+chunks of test rows (the full configuration, n = 10,000, needs ~6 GB).
 
     ntkit experiment deep-limits [--quick]
 """
@@ -95,18 +100,34 @@ def first_reaching(depths: List[int], values: List[float], level: float = 0.95):
     return None
 
 
-def kernel_classifier(k_all: torch.Tensor, n: int, y: torch.Tensor):
-    """(sgn k(x, X) K⁻¹ y, whether K was singular) from stacked rows [K; k(test, X)] (n + m, n).
-    K⁻¹ is the minimum-norm (pseudo-)inverse where K is singular to working precision (smooth
-    kernels on a circle, or near-duplicate training points under a deep singular kernel).
-    NaN where the score is exactly 0 (every kernel value to the training set underflowed)."""
+def dual_coefficients(k: torch.Tensor, y: torch.Tensor):
+    """(α = K⁻¹ y, whether K was singular): K⁻¹ is the minimum-norm (pseudo-)inverse where K is
+    singular to working precision (smooth kernels on a circle; near-duplicate training points
+    under a deep singular kernel)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SingularKernelWarning)
-        dyn = MSEDynamics(k_all[:n], y, on_singular="warn")
-        score = dyn.predict(None, k_test_train=k_all[n:])
-    singular = any(issubclass(w.category, SingularKernelWarning) for w in caught)
-    score = torch.as_tensor(score).reshape(-1).numpy()
-    return np.where(score > 0, 1.0, np.where(score < 0, -1.0, np.nan)), singular
+        alpha = MSEDynamics(k, y, on_singular="warn").coefficients(None)
+    return alpha, any(issubclass(w.category, SingularKernelWarning) for w in caught)
+
+
+def deep_classifiers(act, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, depths,
+                     chunk: int = 2048):
+    """{depth: {"nngp"|"ntk": (predictions (m,) with NaN where the score is exactly 0, singular)}}
+    for sgn k(x, X) K⁻¹ y: the train-train recursion first (one n × n matrix at a time, α kept
+    per depth), then the test rows in chunks (memory O(n² + chunk·n) whatever the depths)."""
+    y = torch.from_numpy(y_tr)
+    alphas = {}
+    for depth, nngp, ntk in theory.deep_kernels(act, torch.from_numpy(x_tr @ x_tr.T), depths):
+        alphas[depth] = {"nngp": dual_coefficients(nngp, y), "ntk": dual_coefficients(ntk, y)}
+    scores = {depth: {k: np.empty(len(x_te)) for k in ("nngp", "ntk")} for depth in alphas}
+    for lo in range(0, len(x_te), chunk):
+        rho = torch.from_numpy(x_te[lo:lo + chunk] @ x_tr.T)
+        for depth, nngp, ntk in theory.deep_kernels(act, rho, depths):
+            for kname, k in (("nngp", nngp), ("ntk", ntk)):
+                scores[depth][kname][lo:lo + chunk] = (k @ alphas[depth][kname][0]).numpy()
+    return {depth: {k: (np.where(v > 0, 1.0, np.where(v < 0, -1.0, np.nan)),
+                        alphas[depth][k][1]) for k, v in by_kernel.items()}
+            for depth, by_kernel in scores.items()}
 
 
 def run_setting(name: str, cfg: dict, seed: int) -> dict:
@@ -114,15 +135,12 @@ def run_setting(name: str, cfg: dict, seed: int) -> dict:
     rng = np.random.default_rng(seed + (0 if name == "d2" else 1000))
     x_tr, y_tr, _ = sample(setting, cfg["n_train"], cfg["prior"], rng)
     x_te, y_te, p_te = sample(setting, cfg["n_test"], cfg["prior"], rng)
-    n = len(y_tr)
     dist = np.sqrt(np.clip(2 - 2 * x_te @ x_tr.T, 0, None))
     majority = np.full(len(y_te), 1.0 if y_tr.sum() >= 0 else -1.0)
     nearest = y_tr[np.argmin(dist, axis=1)]
     d = setting["d"]
     baselines = {"majority": majority, "1-nn": nearest, "bayes": bayes(p_te, setting, cfg["prior"]),
                  f"hilbert(d-1={d - 1})": singular_estimate(dist, y_tr, d - 1)}
-    rho = torch.from_numpy(np.concatenate([x_tr @ x_tr.T, x_te @ x_tr.T]))
-    y_t = torch.from_numpy(y_tr)
     out = {"d": d, "baseline_accuracy": {k: float((v == y_te).mean()) for k, v in baselines.items()},
            "activations": {}}
     for act_name, act in activations(d).items():
@@ -139,10 +157,9 @@ def run_setting(name: str, cfg: dict, seed: int) -> dict:
                  "moments_normalized": vars(limit.moments), "depths": [],
                  "nngp": {"accuracy": [], "agreement": [], "undetermined": [], "singular": []},
                  "ntk": {"accuracy": [], "agreement": [], "undetermined": [], "singular": []}}
-        for depth, nngp, ntk in theory.deep_kernels(act, rho, cfg["depths"]):
+        for depth, by_kernel in deep_classifiers(act, x_tr, y_tr, x_te, cfg["depths"]).items():
             entry["depths"].append(depth)
-            for kname, k in (("nngp", nngp), ("ntk", ntk)):
-                pred, singular = kernel_classifier(k, n, y_t)
+            for kname, (pred, singular) in by_kernel.items():
                 entry[kname]["singular"].append(singular)
                 entry[kname]["accuracy"].append(float((pred == y_te).mean()))
                 entry[kname]["agreement"].append(float((pred == predicted).mean()))

@@ -32,8 +32,8 @@ from ntkit.data import default_data_dir, load_digits, load_mnist
 from ntkit.experiments._run_io import save_figure, standalone_main, start_run, write_results
 from ntkit.predict import MSEDynamics
 
-FULL = {"n_train": 2000, "n_test": 2000, "width": 500, "depth": 4, "W_std": 1.0, "b_std": 0.1,
-        "steps": 2000, "lr_fraction": 0.5, "seeds": 4}
+FULL = {"n_train": 1000, "n_test": 2000, "width": 500, "depth": 4, "W_std": 1.0, "b_std": 0.1,
+        "steps": 1000, "lr_fraction": 0.5, "seeds": 3}
 QUICK = {"n_train": 200, "n_test": 300, "width": 500, "depth": 4, "W_std": 1.0, "b_std": 0.1,
          "steps": 150, "lr_fraction": 0.5, "seeds": 2}
 
