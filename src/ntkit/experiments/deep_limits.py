@@ -185,10 +185,14 @@ def plot(path: Path, results: dict) -> None:
         for act, entry in res["activations"].items():
             c = colors.get(act, None)
             for kname, ls in (("ntk", "-"), ("nngp", "--")):
-                ax_acc.plot(entry["depths"], entry[kname]["accuracy"], ls, color=c, marker="o",
-                            ms=3, label=f"{act} {kname.upper()}")
-                ax_agree.plot(entry["depths"], entry[kname]["agreement"], ls, color=c, marker="o",
-                              ms=3, label=f"{act} {kname.upper()} vs {entry['predicted_classifier']}")
+                # depths where most kernel rows underflowed to 0 are left out (see module doc)
+                ok = np.array(entry[kname]["undetermined"]) < 0.5
+                depths = np.array(entry["depths"])[ok]
+                ax_acc.plot(depths, np.array(entry[kname]["accuracy"])[ok], ls, color=c,
+                            marker="o", ms=3, label=f"{act} {kname.upper()}")
+                ax_agree.plot(depths, np.array(entry[kname]["agreement"])[ok], ls, color=c,
+                              marker="o", ms=3,
+                              label=f"{act} {kname.upper()} vs {entry['predicted_classifier']}")
         for i, (base, acc) in enumerate(res["baseline_accuracy"].items()):
             ax_acc.axhline(acc, color="0.3", lw=0.8, ls=[":", "-.", "-", (0, (5, 1))][i % 4],
                            label=f"{base} ({acc:.3f})")
