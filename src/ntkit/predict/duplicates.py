@@ -44,7 +44,8 @@ def _flat(x) -> torch.Tensor:
 
 def near_duplicates(x, rtol: float = RTOL, block: int = 2048) -> List[Tuple[int, int, float]]:
     """Pairs (i, j, |x_i - x_j| / max(|x_i|, |x_j|)) with i < j and relative distance ≤ rtol,
-    sorted by i then j. x: (n, ...) array or tensor (flattened per row). O(n²) in blocks."""
+    sorted by i then j. x: (n, ...) array or tensor (flattened per row). O(n² d) time, in
+    blocks of at most ``block`` rows and 2^24 entries (memory O(2^24) whatever n)."""
     if not rtol >= 0:
         raise ValueError(f"rtol must be >= 0, got {rtol}")
     t = _flat(x)
@@ -52,6 +53,7 @@ def near_duplicates(x, rtol: float = RTOL, block: int = 2048) -> List[Tuple[int,
     norms = t.norm(dim=1)
     sq = norms * norms
     screen = max(1e-6, 4 * rtol)           # the Gram form is exact to ~1e-8 relative distance
+    block = max(1, min(int(block), (1 << 24) // max(n, 1)))
     out: List[Tuple[int, int, float]] = []
     for i0 in range(0, n, block):
         a = t[i0:i0 + block]
