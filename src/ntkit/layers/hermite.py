@@ -70,6 +70,52 @@ def series(a: torch.Tensor, b: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     return acc
 
 
+#: candidate correlation cut-offs of ``split_series`` and its truncation bound (rounding level:
+#: the result does not depend on the cut chosen, hence not on the blocking)
+_CUTS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+_SPLIT_TOL = 1e-16
+
+
+def _relative_tails(c: torch.Tensor) -> torch.Tensor:
+    """t (K+1,): the largest, over the rows of c (..., K), of Σ_{j≥k} c_j² / Σ_j c_j²."""
+    sq = c.reshape(-1, c.shape[-1]).to(torch.float64) ** 2
+    suffix = sq.flip(-1).cumsum(-1).flip(-1)
+    total = suffix[:, :1].clamp(min=torch.finfo(torch.float64).tiny)
+    return torch.cat([(suffix / total).amax(0), suffix.new_zeros(1)])
+
+
+def split_series(a: torch.Tensor, b: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """``series`` with fewer terms where |ρ| is small: for a cut c, the entries with |ρ| ≤ c
+    need only the first k terms with c^k t(k) ≤ 1e-16 (t the relative coefficient tails, the
+    Cauchy–Schwarz bound of the module doc), the others (the diagonal, nearly equal inputs)
+    are gathered and summed in full. The cut minimizing the work is chosen per call."""
+    count = a.shape[-1]
+    if count <= 64 or rho.numel() < 1024:
+        return series(a, b, rho)
+    tails = torch.maximum(_relative_tails(a), _relative_tails(b)).cpu()
+    absr = rho.abs()
+    ks = torch.arange(count + 1, dtype=torch.float64)
+    best_cost, best = count * rho.numel(), None
+    for cut in _CUTS:
+        ok = torch.nonzero(cut ** ks * tails <= _SPLIT_TOL)
+        k_eff = int(ok[0]) if ok.numel() else count
+        high = int((absr > cut).sum())
+        cost = k_eff * rho.numel() + 3 * count * high
+        if cost < best_cost:
+            best_cost, best = cost, (cut, max(k_eff, 1))
+    if best is None:
+        return series(a, b, rho)
+    cut, k_eff = best
+    out = series(a[..., :k_eff], b[..., :k_eff], rho)
+    mask = absr > cut
+    if bool(mask.any()):
+        shape = out.shape
+        out[mask] = series(torch.broadcast_to(a, shape + (count,))[mask],
+                           torch.broadcast_to(b, shape + (count,))[mask],
+                           torch.broadcast_to(rho, shape)[mask])
+    return out
+
+
 def unique_coefficients(fn, v1: torch.Tensor, v2: torch.Tensor):
     """``fn(variances (m,)) -> tuple of (m, K) tensors`` evaluated once per distinct variance
     of v1 and v2 (in float64), and gathered back to v1.shape + (K,) and v2.shape + (K,)."""
@@ -114,8 +160,8 @@ class HermiteSeries(Activation):
     def pair_moments(self, cov, v1, v2, dist, need_dot):
         (a1, d1), (a2, d2) = unique_coefficients(self._memo_coefficients, v1, v2)
         rho = correlation(cov, v1, v2)
-        nngp = series(a1, a2, rho)
-        dot = series(d1, d2, rho) if need_dot else None
+        nngp = split_series(a1, a2, rho)
+        dot = split_series(d1, d2, rho) if need_dot else None
         return nngp, dot, None
 
 
