@@ -19,8 +19,8 @@ projection is common to both classes and cancels).
 
 Outputs ``deep_limits.png`` (accuracy and agreement with the predicted limit against L, one
 row per d) and ``results.json``: accuracies, agreements, and per activation and kernel the
-first depth at which agreement with the predicted limit reaches 95% (null if it does not
-within the depths run). ReLU approaches the majority vote only at very large depth: its
+depth from which agreement with the predicted limit stays at or above 95% over the deeper
+depths run (null if the deepest is below). ReLU approaches the majority vote only at very large depth: its
 normalized dual has ψ'(1) = B̃ = 1, so correlations approach 1 only polynomially in L (in the
 quick run its classifier stays at the 1-NN-like accuracy up to L = 100). For h₂ + h₃ the
 off-diagonal kernel values shrink doubly exponentially (ψ(ρ) = (ρ² + ρ³)/2) and underflow
@@ -94,10 +94,14 @@ def singular_estimate(dist: np.ndarray, y: np.ndarray, power: float) -> np.ndarr
 
 
 def first_reaching(depths: List[int], values: List[float], level: float = 0.95):
-    for depth, v in zip(depths, values):
-        if v >= level:
-            return depth
-    return None
+    """The smallest depth from which the values stay >= level at every deeper depth run (None
+    if the deepest is below): agreement is not monotone in L at small depths."""
+    found = None
+    for depth, v in zip(reversed(depths), reversed(values)):
+        if v < level:
+            break
+        found = depth
+    return found
 
 
 def dual_coefficients(k: torch.Tensor, y: torch.Tensor):
