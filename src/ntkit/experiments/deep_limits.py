@@ -28,7 +28,11 @@ float64 past L of a few tens: predictions whose every kernel value to the traini
 are counted as "undetermined" (and as disagreeing). Memory: one n_train² matrix at a time plus
 chunks of test rows (the full configuration, n = 10,000, needs ~6 GB).
 
-    ntkit experiment deep-limits [--quick]
+``--diag-reg R`` adds a ridge R·mean(diag K) (the remedy for near-duplicate training points:
+at n = 1,000 on the circle K is singular to working precision at several depths, and its
+pseudo-inverse then discards directions that carry the labels).
+
+    ntkit experiment deep-limits [--quick] [--n-train N --n-test M --depths 1,10,100]
 """
 from __future__ import annotations
 
@@ -50,9 +54,9 @@ SETTINGS = {
     "d2": {"d": 2, "pos": [1.0, 2.0], "neg": [2.0, 1.0]},
     "d3": {"d": 3, "pos": [0.5, 0.5, 2.5], "neg": [2.5, 0.1, 0.5]},
 }
-FULL = {"settings": ["d2", "d3"], "n_train": 10000, "n_test": 10000, "prior": 0.4,
+FULL = {"settings": ["d2", "d3"], "n_train": 10000, "n_test": 10000, "prior": 0.4, "diag_reg": 0.0,
         "depths": [1, 2, 3, 5, 10, 20, 50, 100, 200, 300, 500]}
-QUICK = {"settings": ["d2", "d3"], "n_train": 300, "n_test": 300, "prior": 0.4,
+QUICK = {"settings": ["d2", "d3"], "n_train": 300, "n_test": 300, "prior": 0.4, "diag_reg": 0.0,
          "depths": [1, 2, 5, 10, 20, 50, 100]}
 
 
@@ -104,25 +108,27 @@ def first_reaching(depths: List[int], values: List[float], level: float = 0.95):
     return found
 
 
-def dual_coefficients(k: torch.Tensor, y: torch.Tensor):
+def dual_coefficients(k: torch.Tensor, y: torch.Tensor, diag_reg: float = 0.0):
     """(α = K⁻¹ y, whether K was singular): K⁻¹ is the minimum-norm (pseudo-)inverse where K is
     singular to working precision (smooth kernels on a circle; near-duplicate training points
-    under a deep singular kernel)."""
+    under a deep singular kernel). ``diag_reg``: a ridge relative to the mean diagonal."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SingularKernelWarning)
-        alpha = MSEDynamics(k, y, on_singular="warn").coefficients(None)
+        alpha = MSEDynamics(k, y, on_singular="warn", diag_reg=diag_reg,
+                            diag_reg_relative=True).coefficients(None)
     return alpha, any(issubclass(w.category, SingularKernelWarning) for w in caught)
 
 
 def deep_classifiers(act, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, depths,
-                     chunk: int = 2048):
+                     chunk: int = 2048, diag_reg: float = 0.0):
     """{depth: {"nngp"|"ntk": (predictions (m,) with NaN where the score is exactly 0, singular)}}
     for sgn k(x, X) K⁻¹ y: the train-train recursion first (one n × n matrix at a time, α kept
     per depth), then the test rows in chunks (memory O(n² + chunk·n) whatever the depths)."""
     y = torch.from_numpy(y_tr)
     alphas = {}
     for depth, nngp, ntk in theory.deep_kernels(act, torch.from_numpy(x_tr @ x_tr.T), depths):
-        alphas[depth] = {"nngp": dual_coefficients(nngp, y), "ntk": dual_coefficients(ntk, y)}
+        alphas[depth] = {"nngp": dual_coefficients(nngp, y, diag_reg),
+                         "ntk": dual_coefficients(ntk, y, diag_reg)}
     scores = {depth: {k: np.empty(len(x_te)) for k in ("nngp", "ntk")} for depth in alphas}
     for lo in range(0, len(x_te), chunk):
         rho = torch.from_numpy(x_te[lo:lo + chunk] @ x_tr.T)
@@ -161,7 +167,8 @@ def run_setting(name: str, cfg: dict, seed: int) -> dict:
                  "moments_normalized": vars(limit.moments), "depths": [],
                  "nngp": {"accuracy": [], "agreement": [], "undetermined": [], "singular": []},
                  "ntk": {"accuracy": [], "agreement": [], "undetermined": [], "singular": []}}
-        for depth, by_kernel in deep_classifiers(act, x_tr, y_tr, x_te, cfg["depths"]).items():
+        for depth, by_kernel in deep_classifiers(act, x_tr, y_tr, x_te, cfg["depths"],
+                                                     diag_reg=cfg["diag_reg"]).items():
             entry["depths"].append(depth)
             for kname, (pred, singular) in by_kernel.items():
                 entry[kname]["singular"].append(singular)
