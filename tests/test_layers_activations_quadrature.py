@@ -9,7 +9,8 @@ product of panelled Gauss–Legendre rules on [-10, 10]² (16 nodes on each of 6
 against 24 nodes it agrees to ~1e-15, and to 7e-11 for Tanh at variance 3.8 — far below the
 tolerances asserted here).
 
-Tolerances (measured; defaults: Tanh 64, Sigmoid 48, Elementwise 32; neural-tangents uses 25): see
+Tolerances (measured; the former fixed-degree defaults were Tanh 64, Sigmoid 48, Elementwise 32,
+neural-tangents uses 25; the default is now the exact Hermite series, degree None): see
 TOLERANCES below. At degree 25 Tanh is only ~2e-3 accurate (first-layer variance 1.2-1.5) and
 ~5e-2 (variance 3.8) in the NTK; Sigmoid ~1e-7 / 1e-4; softplus ~1e-9 / 3e-6. Degree 150 gives
 1e-10 / 6e-6 for Tanh and ~1e-13 for the others. Elementwise(torch.erf) matches the arcsine closed form to ~1e-12 (erf is entire);
@@ -156,6 +157,14 @@ TOLERANCES = {
     ("Elementwise(softplus)", "near", 25): 1e-5,     # 3.3e-6
     ("Elementwise(softplus)", "random", 150): 1e-12,  # 3.4e-15
     ("Elementwise(softplus)", "near", 150): 1e-12,    # 3.2e-15
+    # degree None: the default exact Hermite series (ntkit.layers.hermite, tol 1e-12). "near"
+    # has first-layer variance 3.8, where the mpmath reference itself is good to ~7e-11.
+    ("Tanh", "random", None): 1e-12,           # 3.7e-14
+    ("Tanh", "near", None): 1e-10,             # 7.3e-11 (the reference's own error)
+    ("Sigmoid", "random", None): 1e-12,        # 2.3e-15
+    ("Sigmoid", "near", None): 1e-12,          # 3.5e-14
+    ("Elementwise(softplus)", "random", None): 1e-12,   # 1.1e-15
+    ("Elementwise(softplus)", "near", None): 1e-12,     # 6.0e-15
 }
 
 

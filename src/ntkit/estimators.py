@@ -39,6 +39,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .layers import Linear, ReLU, Sequential
 from .predict import MSEDynamics
+from .predict import warn_near_duplicates
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -112,6 +113,7 @@ class _KernelModel(BaseEstimator):
 
     def _fit_targets(self, X, Y: np.ndarray):
         arch = self._check_params()
+        warn_near_duplicates(X, stacklevel=4)
         k = self._kernel(arch, X)
         dyn = self._dynamics(k, Y)
         self.X_fit_ = np.asarray(X)

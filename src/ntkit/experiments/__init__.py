@@ -32,6 +32,9 @@ REGISTRY: Dict[str, Tuple[str, str]] = {
     "lazy-training": ("lazy_training", "seed 004: relative weight change and lazy-training ratio against width"),
     "cifar10-cntk": ("cifar10_cntk", "Arora et al. 2019: CNTK-V / CNTK-GAP on CIFAR-10, the paper's table"),
     "uci": ("uci", "Arora et al. 2020: NTK vs RF, RBF-SVM, NNGP, MLP on the 90 UCI datasets"),
+    "deep-limits": ("deep_limits", "seed 000: NNGP/NTK classifiers as depth grows vs majority vote, 1-NN, singular kernel, Bayes"),
+    "kernel-pca": ("kernel_pca", "seed 002: NTK kernel PCA of 512 MNIST digits (depth 4, beta 0.1), leading eigenvalues"),
+    "error-prediction": ("error_prediction", "seed 002: which test digits a trained width-500 depth-4 net gets wrong vs the NTK predictor"),
     "digits-kernels": ("digits_kernels", "NTK/NNGP kernel regression at several depths vs baselines on digits"),
 }
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from .finite import NTKConv2d
 from .base import Layer, check_parameterization
+from .hyper import check_optional_scale, check_scale, check_width
 from .conv_ops import check_padding, conv_map, pad_amounts
 from .state import KernelState
 
@@ -53,14 +54,12 @@ class Conv2d(Layer):
     def __init__(self, out_channels: int, kernel_size: IntPair = 3, stride: IntPair = 1,
                  padding: str = "same", W_std: float = 1.0, b_std: Optional[float] = 0.0,
                  parameterization: str = "ntk", trainable: bool = True):
-        if int(out_channels) != out_channels or int(out_channels) < 1:
-            raise ValueError(f"Conv2d: out_channels must be a positive integer, got {out_channels!r}")
-        self.out_channels = int(out_channels)
+        self.out_channels = check_width(out_channels, "Conv2d: out_channels")
         self.kernel_size = as_pair(kernel_size, "Conv2d: kernel_size")
         self.stride = as_pair(stride, "Conv2d: stride")
         self.padding = check_padding(padding)
-        self.W_std = float(W_std)
-        self.b_std = None if b_std is None else float(b_std)
+        self.W_std = check_scale(W_std, "Conv2d: W_std")
+        self.b_std = check_optional_scale(b_std, "Conv2d: b_std")
         self.parameterization = check_parameterization(parameterization)
         self.trainable = bool(trainable)
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from .finite import NTKLinear
 from .base import Layer, check_parameterization
+from .hyper import check_optional_scale, check_scale, check_width
 from .state import KernelState
 
 
@@ -37,11 +38,9 @@ class Linear(Layer):
 
     def __init__(self, out_features: int, W_std: float = 1.0, b_std: Optional[float] = 0.0,
                  parameterization: str = "ntk", trainable: bool = True):
-        if int(out_features) < 1:
-            raise ValueError(f"Linear: out_features must be a positive integer, got {out_features!r}")
-        self.out_features = int(out_features)
-        self.W_std = float(W_std)
-        self.b_std = None if b_std is None else float(b_std)
+        self.out_features = check_width(out_features, "Linear: out_features")
+        self.W_std = check_scale(W_std, "Linear: W_std")
+        self.b_std = check_optional_scale(b_std, "Linear: b_std")
         self.parameterization = check_parameterization(parameterization)
         self.trainable = bool(trainable)
 

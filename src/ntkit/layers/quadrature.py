@@ -1,4 +1,12 @@
-"""Activations without a closed form: Gauss–Hermite quadrature of the Gaussian expectations.
+"""Activations without a closed form: ``Elementwise(fn)``, ``Tanh``, ``Sigmoid``.
+
+By default their kernels are exact to a relative tolerance (1e-12 unless told otherwise; see ``hermite_numeric``):
+the Hermite series of ``hermite`` with coefficients computed by ``hermite_numeric``. Given an
+explicit ``degree``, they use instead the fixed product Gauss–Hermite rule below (ntkit's
+earlier default, neural-tangents' method; kept for comparison, see
+``benchmarks/activation_kernels.py``).
+
+The fixed product rule:
 
 For (u, v) ~ N(0, Λ), Λ = [[v1, c], [c, v2]] = Q diag(λ1, λ2) Qᵀ (closed-form 2x2 symmetric
 eigendecomposition, Q a rotation by φ = atan2(c, (v1 - v2)/2) / 2), write
@@ -20,7 +28,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .activation import Activation
+from .hermite import HermiteSeries
+from .hermite_numeric import FIRST_TERMS, numeric_coefficients
+from .hyper import check_finite
 
 _CHUNK_EVALS = 1 << 21  # evaluations per chunk (entries x q^2)
 
@@ -80,69 +90,100 @@ def autograd_derivative(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
     return deriv
 
 
-class Elementwise(Activation):
-    """Any elementwise function φ, its kernel by Gauss–Hermite quadrature (module doc).
+class Elementwise(HermiteSeries):
+    """Any elementwise function φ; its kernel exact to ``tol`` through its Hermite series
+    (``ntkit.layers.hermite``), or by the fixed Gauss–Hermite rule (module doc) when ``degree``
+    is given.
 
     Parameters
     ----------
     fn : callable mapping a torch tensor to a tensor of the same shape, elementwise.
     fn_prime : its derivative; by default obtained by autograd through ``fn``.
-    degree : quadrature degree per axis (cost grows as degree²). Even by default, so that no
-        node sits at 0, where functions with a kink (|x|, relu) have an ambiguous derivative.
+    degree : None (default) for the exact series; an integer >= 2 for the fixed product
+        Gauss–Hermite rule of that degree per axis (cost 2·degree² evaluations per entry; even
+        degrees keep nodes off 0, where functions with a kink have an ambiguous derivative).
+    tol : relative accuracy of the series (the squared-coefficient tail, ``hermite_numeric``).
+    max_terms : the most Hermite terms used; beyond, a ``HermiteAccuracyWarning`` says the
+        estimated error (functions with a kink, or very large pre-activation variances).
     """
 
     name = "Elementwise"
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor],
                  fn_prime: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 degree: int = 32):
+                 degree: Optional[int] = None, tol: float = 1e-12, max_terms: int = 1024):
         if not callable(fn):
             raise TypeError(f"Elementwise: fn must be callable, got {type(fn).__name__}")
-        if int(degree) < 2:
-            raise ValueError(f"Elementwise: degree must be >= 2, got {degree}")
+        if fn_prime is not None and not callable(fn_prime):
+            raise TypeError(f"Elementwise: fn_prime must be callable, got {type(fn_prime).__name__}")
+        if degree is not None and (int(degree) != degree or int(degree) < 2):
+            raise ValueError(f"Elementwise: degree must be None or an integer >= 2, got {degree}")
+        tol = check_finite(tol, "Elementwise: tol")
+        if not 0 < tol < 1:
+            raise ValueError(f"Elementwise: tol must be in (0, 1), got {tol}")
+        if int(max_terms) != max_terms or not 2 * FIRST_TERMS <= int(max_terms) <= 1 << 14:
+            raise ValueError(f"Elementwise: max_terms must be an integer in [{2 * FIRST_TERMS}, "
+                             f"16384], got {max_terms}")
         self._fn = fn
         self._fn_prime = fn_prime or autograd_derivative(fn)
-        self.degree = int(degree)
+        self.degree = None if degree is None else int(degree)
+        self.tol, self.max_terms = float(tol), int(max_terms)
 
     def fn(self, x):
         return self._fn(x)
 
+    def coefficients(self, var):
+        return numeric_coefficients(self._fn, self._fn_prime, var, self.tol, self.max_terms,
+                                    repr(self))
+
     def var_moment(self, var):
+        if self.degree is None:
+            return super().var_moment(var)
         return gaussian_expectation(lambda t: self._fn(t) ** 2, var, self.degree)
 
     def pair_moments(self, cov, v1, v2, dist, need_dot):
+        if self.degree is None:
+            return super().pair_moments(cov, v1, v2, dist, need_dot)
         nngp = gaussian_pair_expectation(self._fn, self._fn, cov, v1, v2, self.degree)
         dot = (gaussian_pair_expectation(self._fn_prime, self._fn_prime, cov, v1, v2, self.degree)
                if need_dot else None)
         return nngp, dot, None
 
+    def _options(self) -> str:
+        return "" if self.degree is None else f"degree={self.degree}"
+
     def __repr__(self):
         name = getattr(self._fn, "__name__", type(self._fn).__name__)
-        return f"Elementwise({name}, degree={self.degree})"
+        opts = self._options()
+        return f"Elementwise({name}{', ' + opts if opts else ''})"
 
 
 class Tanh(Elementwise):
-    """φ = tanh, by quadrature (no closed form)."""
+    """φ = tanh (no closed form): exact Hermite series by default, or Gauss–Hermite of
+    ``degree``."""
 
     name = "Tanh"
 
-    def __init__(self, degree: int = 64):
-        super().__init__(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, degree)
+    def __init__(self, degree: Optional[int] = None, tol: float = 1e-12):
+        super().__init__(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, degree, tol)
 
     def __repr__(self):
-        return f"Tanh(degree={self.degree})"
+        return f"Tanh({self._options()})"
+
+
+def _sigmoid_prime(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 - s)
 
 
 class Sigmoid(Elementwise):
-    """φ = logistic sigmoid 1/(1+e^{-x}), by quadrature (no closed form)."""
+    """φ = logistic sigmoid 1/(1+e^{-x}) (no closed form): exact Hermite series by default, or
+    Gauss–Hermite of ``degree``."""
 
     name = "Sigmoid"
 
-    def __init__(self, degree: int = 48):
-        def d(x):
-            s = torch.sigmoid(x)
-            return s * (1 - s)
-        super().__init__(torch.sigmoid, d, degree)
+    def __init__(self, degree: Optional[int] = None, tol: float = 1e-12):
+        super().__init__(torch.sigmoid, _sigmoid_prime, degree, tol)
 
     def __repr__(self):
-        return f"Sigmoid(degree={self.degree})"
+        return f"Sigmoid({self._options()})"

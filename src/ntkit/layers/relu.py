@@ -22,6 +22,7 @@ import torch
 
 from . import relu_map
 from .activation import Activation
+from .hyper import check_finite
 
 
 def _native_dense(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor) -> bool:
@@ -44,7 +45,8 @@ class ABReLU(Activation):
     name = "ABReLU"
 
     def __init__(self, a: float = 0.0, b: float = 1.0):
-        self.a, self.b = float(a), float(b)
+        self.a = check_finite(a, f"{type(self).__name__}: slope a")
+        self.b = check_finite(b, f"{type(self).__name__}: slope b")
 
     @property
     def _coefs(self) -> Tuple[float, float]:
@@ -100,7 +102,7 @@ class LeakyReLU(ABReLU):
     name = "LeakyReLU"
 
     def __init__(self, negative_slope: float = 0.01):
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check_finite(negative_slope, "LeakyReLU: negative_slope")
         super().__init__(self.negative_slope, 1.0)
 
     def __repr__(self):

@@ -9,6 +9,7 @@ import math
 import torch
 
 from .activation import Activation
+from .hyper import check_finite
 
 
 class Identity(Activation):
@@ -39,7 +40,8 @@ class Erf(Activation):
     name = "Erf"
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        self.a, self.b, self.c = (check_finite(t, f"{self.name}: {n}")
+                                  for t, n in ((a, "a"), (b, "b"), (c, "c")))
 
     def fn(self, x):
         return self.a * torch.erf(self.b * x) + self.c
@@ -112,7 +114,8 @@ class Sin(Activation):
     name = "Sin"
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        self.a, self.b, self.c = (check_finite(t, f"{self.name}: {n}")
+                                  for t, n in ((a, "a"), (b, "b"), (c, "c")))
 
     def fn(self, x):
         return self.a * torch.sin(self.b * x + self.c)

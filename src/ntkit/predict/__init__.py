@@ -13,11 +13,14 @@ neural-tangents-compatible names with its semantics (see ``nt_compat``):
     gradient_descent_mse, gradient_descent_mse_ensemble, gp_inference, max_learning_rate
 """
 from ._linalg import SingularKernelError, SingularKernelWarning
+from .duplicates import (NearDuplicateWarning, drop_duplicates, merge_duplicates, near_duplicates,
+                         warn_near_duplicates)
 from .gradient_flow import MSEDynamics, max_learning_rate
 from .nt_compat import gp_inference, gradient_descent_mse, gradient_descent_mse_ensemble
 from .posteriors import Gaussian, gp_posterior, log_marginal_likelihood, nngp_ensemble, ntk_ensemble
 
 __all__ = ["MSEDynamics", "ntk_ensemble", "nngp_ensemble", "gp_posterior",
            "log_marginal_likelihood", "max_learning_rate", "Gaussian", "SingularKernelError",
-           "SingularKernelWarning",
+           "SingularKernelWarning", "NearDuplicateWarning", "near_duplicates", "drop_duplicates",
+           "merge_duplicates", "warn_near_duplicates",
            "gradient_descent_mse", "gradient_descent_mse_ensemble", "gp_inference"]

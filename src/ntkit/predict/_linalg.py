@@ -16,6 +16,8 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .duplicates import describe, kernel_near_duplicates
+
 ArrayLike = Union[torch.Tensor, np.ndarray, float, int]
 
 _FIX = ("pass diag_reg > 0 (e.g. diag_reg=1e-6, relative to the mean of the kernel's diagonal in "
@@ -162,7 +164,9 @@ def cholesky_factor(k: torch.Tensor, rho: float = 0.0) -> torch.Tensor:
     tol = n * torch.finfo(a.dtype).eps * diag_max
     if int(info) != 0 or float((torch.diagonal(chol) ** 2).min()) <= tol:
         evals = torch.linalg.eigvalsh(a)
-        raise SingularKernelError(singular_message(float(evals[0]), float(evals[-1])))
+        pairs = kernel_near_duplicates(a)
+        extra = f" The kernel has {describe(pairs, 'kernel distance')}." if pairs else ""
+        raise SingularKernelError(singular_message(float(evals[0]), float(evals[-1])) + extra)
     return chol
 
 
