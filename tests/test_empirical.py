@@ -334,8 +334,8 @@ def test_bad_inputs_give_clear_errors():
         empirical_ntk(model, x, batch_size=0)
     with pytest.raises(ValueError, match="batch of inputs"):
         empirical_ntk(model, torch.randn(5, dtype=F64))
-    with pytest.raises(TypeError, match="integer"):
-        empirical_ntk(model, np.ones((2, 5), dtype=np.int64))
+    with pytest.raises(ValueError, match="integer and boolean inputs are passed to the model"):
+        empirical_ntk(model, np.ones((2, 5), dtype=np.int64))  # nn.Linear cannot take int64
     with pytest.raises(TypeError, match="nn.Module"):
         empirical_ntk(lambda t: t, x)
     bn = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3)).double()

@@ -17,6 +17,9 @@ from __future__ import annotations
 from typing import Callable, Optional, Tuple
 
 import torch
+from tqdm import tqdm
+
+from ._batch import Batch, batch_len, take
 
 MODES = ("trace", "full", "diagonal")
 
@@ -52,9 +55,10 @@ def finalize(kernel: torch.Tensor, mode: str, out_shape: Tuple[int, ...]) -> tor
     return kernel.reshape(n1, n2, *out_shape, *out_shape)
 
 
-def blockwise(prepare: Callable, contract: Callable, x1: torch.Tensor,
-              x2: Optional[torch.Tensor], full: bool, k: int,
-              batch_size: Optional[int]) -> torch.Tensor:
+def blockwise(prepare: Callable, contract: Callable, x1: Batch, x2: Optional[Batch],
+              full: bool, k: int, batch_size: Optional[int], dtype: torch.dtype,
+              device: torch.device, progress: Optional[bool] = None,
+              desc: str = "empirical kernel") -> torch.Tensor:
     """Assemble the canonical kernel from blocks of at most ``batch_size`` rows and columns.
 
     ``prepare(x_block)`` computes per-block features (Jacobians, Gram factors, ...);
@@ -62,24 +66,35 @@ def blockwise(prepare: Callable, contract: Callable, x1: torch.Tensor,
     telling that they are the same block (fa is fb). With x2=None only the blocks on and above
     the diagonal are computed and the others mirrored. Features of column blocks are recomputed
     for every row block: memory stays bounded by the block size, at the cost of recomputation.
+    ``progress``: a tqdm bar over blocks (None: shown only when the run lasts over 2 seconds,
+    False: never, True: always).
     """
     other = x1 if x2 is None else x2
-    n1, n2 = x1.shape[0], other.shape[0]
+    n1, n2 = batch_len(x1), batch_len(other)
     if batch_size is None or (batch_size >= n1 and batch_size >= n2):
         fa = prepare(x1)
         fb = fa if x2 is None else prepare(x2)
         return contract(fa, fb, x2 is None)
     tail = (k, k) if full else (k,)
-    out = torch.empty(n1, n2, *tail, dtype=x1.dtype, device=x1.device)
-    for i0 in range(0, n1, batch_size):
-        i1 = min(i0 + batch_size, n1)
-        fa = prepare(x1[i0:i1])
-        for j0 in range(i0 if x2 is None else 0, n2, batch_size):
-            j1 = min(j0 + batch_size, n2)
-            same = x2 is None and i0 == j0
-            fb = fa if same else prepare(other[j0:j1])
-            block = contract(fa, fb, same)
-            out[i0:i1, j0:j1] = block
-            if x2 is None and not same:
-                out[j0:j1, i0:i1] = mirror(block, full)
+    out = torch.empty(n1, n2, *tail, dtype=dtype, device=device)
+    starts1, starts2 = range(0, n1, batch_size), range(0, n2, batch_size)
+    tiles = (len(starts1) * (len(starts1) + 1) // 2 if x2 is None
+             else len(starts1) * len(starts2))
+    bar = tqdm(total=tiles, desc=desc, unit="block", disable=progress is False or tiles < 2,
+               delay=0 if progress else 2.0, leave=False)
+    try:
+        for i0 in starts1:
+            i1 = min(i0 + batch_size, n1)
+            fa = prepare(take(x1, i0, i1))
+            for j0 in range(i0 if x2 is None else 0, n2, batch_size):
+                j1 = min(j0 + batch_size, n2)
+                same = x2 is None and i0 == j0
+                fb = fa if same else prepare(take(other, j0, j1))
+                block = contract(fa, fb, same)
+                out[i0:i1, j0:j1] = block
+                if x2 is None and not same:
+                    out[j0:j1, i0:i1] = mirror(block, full)
+                bar.update(1)
+    finally:
+        bar.close()
     return out

@@ -28,8 +28,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.func import functional_call
-
+from ._batch import Batch, batch_len
 from ._model import ModelFunction
 from .jacobian import JacobianContraction, contract_jacobians
 from .registry import LinearRule, rule_for
@@ -82,10 +81,11 @@ def find_covered(model: nn.Module, fn: ModelFunction) -> Tuple[List[_Covered], L
 
 
 class StructuredDerivatives:
-    def __init__(self, fn: ModelFunction):
+    def __init__(self, fn: ModelFunction, vectorize: bool = True):
         self.fn = fn
         self.covered, self.leftover = find_covered(fn.model, fn)
-        self.generic = JacobianContraction(fn, self.leftover) if self.leftover else None
+        self.generic = (JacobianContraction(fn, self.leftover, vectorize) if self.leftover
+                        else None)
 
     @property
     def covered_fraction(self) -> float:
@@ -96,12 +96,12 @@ class StructuredDerivatives:
         return done / max(total, 1)
 
     # -- features -----------------------------------------------------------------------------
-    def prepare(self, x: torch.Tensor):
+    def prepare(self, x: Batch):
         layers = self._layer_features(x) if self.covered else []
         jac = self.generic.prepare(x) if self.generic is not None else None
-        return layers, jac, x.shape[0]
+        return layers, jac, batch_len(x)
 
-    def _layer_features(self, x: torch.Tensor) -> List[_LayerFeatures]:
+    def _layer_features(self, x: Batch) -> List[_LayerFeatures]:
         fn, k = self.fn, self.fn.k
         calls: Dict[int, List[Tuple[torch.Tensor, torch.Tensor]]] = {id(c.module): []
                                                                       for c in self.covered}
@@ -115,8 +115,7 @@ class StructuredDerivatives:
         handles = [c.module.register_forward_hook(hook, with_kwargs=True) for c in self.covered]
         try:
             with torch.enable_grad():
-                state = {**fn.frozen, **fn.params}
-                out = functional_call(fn.model, state, (x,)).reshape(x.shape[0], -1)
+                out = fn.batched(fn.params, x)
                 probes = [p for c in self.covered for _, p in calls[id(c.module)]]
                 grads = _cotangents(out, probes, k)
         finally:
