@@ -24,7 +24,7 @@ import torch
 from . import memory
 from ._batch import Batch, batch_len, take
 from ._model import ModelFunction
-from .structured import StructuredDerivatives
+from .structured import LayoutError, StructuredDerivatives
 from .tile import TileOptions, build
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured")
@@ -42,11 +42,12 @@ def check_implementation(implementation: str, caller: str) -> str:
     return implementation
 
 
-def choose(fn: ModelFunction, implementation: str, n_rows: int, full: bool) -> str:
+def choose(fn: ModelFunction, implementation: str, n_rows: int, full: bool,
+           structured: bool = True) -> str:
     """The implementation name for ``implementation`` ('auto' resolved; see module doc)."""
     if implementation != "auto":
         return implementation
-    if StructuredDerivatives(fn).covered_fraction >= 0.5:
+    if structured and StructuredDerivatives(fn).covered_fraction >= 0.5:
         return "structured"
     itemsize = next(iter(fn.params.values())).element_size()
     if n_rows * fn.k * fn.n_params * itemsize > JACOBIAN_BUDGET or (full and fn.k >= 4):
@@ -92,6 +93,14 @@ def plan(fn: ModelFunction, implementation: str, x1: Batch, x2: Optional[Batch],
     name = choose(fn, implementation, rows, full)
     options = TileOptions(name, full, vectorize is not False, max(2 ** 20, budget // 4))
     probe = take(x1, 0, min(2, n1))
+    if name == "structured" and implementation == "auto":
+        try:
+            build(fn, dataclasses.replace(options, vectorize=False))._layer_features(probe)
+        except LayoutError as exc:  # a covered module without the batch in dimension 0 or 1
+            warnings.warn(f"{fn.caller}: structured derivatives do not apply ({exc}); using "
+                          f"the generic implementations", UserWarning, stacklevel=3)
+            name = choose(fn, implementation, rows, full, structured=False)
+            options = dataclasses.replace(options, implementation=name)
     # vmap candidates in order; NTK-vector products need forward-mode AD, which some ops lack
     # (e.g. CPU flash attention): reverse-mode Jacobian contraction is tried before autograd
     candidates = [] if vectorize is False else [options]
