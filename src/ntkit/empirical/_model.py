@@ -79,7 +79,8 @@ class ModelFunction:
     frozen : dict name -> detached tensor, the other parameters and all buffers
     out_shape : per-example output shape, known after ``probe``
     k : number of outputs per example (prod(out_shape))
-    activation_bytes : bytes autograd saves for one example's forward pass (after ``probe``)
+    activation_bytes : bytes autograd saves for one example's forward pass, parameters and
+        buffers excluded (after ``probe``)
     """
 
     def __init__(self, model: nn.Module, caller: str = "empirical_ntk",
@@ -133,9 +134,12 @@ class ModelFunction:
         """Run the model on one example: output shape, saved-activation bytes, clear errors."""
         one = _batch.take(x, 0, 1)
         saved = [0]
+        state = {t.untyped_storage().data_ptr() for t in (*self.params.values(),
+                                                           *self.frozen.values())}
 
-        def pack(t):
-            saved[0] += t.numel() * t.element_size()
+        def pack(t):  # per-example activations: not the parameters and buffers saved too
+            if t.untyped_storage().data_ptr() not in state:
+                saved[0] += t.numel() * t.element_size()
             return t
 
         try:

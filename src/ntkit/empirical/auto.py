@@ -1,6 +1,8 @@
-"""The plan of an empirical-NTK call: which implementation ("auto" by cost), whether
-torch.func.vmap can run the model (else per-example autograd, with a warning), and the block
-size (from the memory budget, see ``memory``).
+"""The plan of an empirical-NTK call: which implementation ("auto" by cost), the block size
+(from the memory budget, see ``memory``), and the fallbacks when torch.func.vmap cannot run the
+model (``next_options``: per-example autograd, with a warning naming the reason). Nothing is
+probed in advance: a fallback is taken when the first block fails, so a model vmap can run pays
+nothing for the check.
 
 The automatic choice among the three implementations:
 * ``"structured"`` when modules with structured rules (Linear, Conv1d/2d, Embedding, LayerNorm,
@@ -16,16 +18,18 @@ The automatic choice among the three implementations:
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 
 from . import memory
 from ._batch import Batch, batch_len, take
 from ._model import ModelFunction
+from .jacobian import VmapError
 from .structured import LayoutError, StructuredDerivatives
-from .tile import TileOptions, build
+from .tile import TileOptions
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured")
 JACOBIAN_BUDGET = 2 * 2 ** 30
@@ -55,11 +59,6 @@ def choose(fn: ModelFunction, implementation: str, n_rows: int, full: bool,
     return "jacobian"
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
-
-
 def tensor_bytes(tree: Any) -> int:
     """Bytes of all tensors in nested tuples/lists/dicts/dataclasses."""
     if isinstance(tree, torch.Tensor):
@@ -73,70 +72,63 @@ def tensor_bytes(tree: Any) -> int:
     return 0
 
 
-def plan(fn: ModelFunction, implementation: str, x1: Batch, x2: Optional[Batch], full: bool,
-         batch_size: Optional[int], budget: Optional[int] = None,
-         vectorize: Optional[bool] = None) -> Tuple[TileOptions, int]:
-    """(tile options, block size) for this call.
-
-    A probe tile of the first (up to) two examples of x1 is computed with vmap; if vmap cannot
-    run the model (nn.LSTM/nn.GRU, in-place updates, data-dependent control flow, ...) a
-    ``VmapFallbackWarning`` names the reason and the path taken instead: for "ntvp" first
-    Jacobian contraction under vmap (forward-mode AD is the part most often missing), then
-    per-example autograd (``vectorize=None``; True forces vmap and raises, False forces
-    autograd). The probe's
-    feature sizes give the memory per example (see ``memory``).
-    """
-    budget = memory.default_budget() if budget is None else int(budget)
-    n1 = batch_len(x1)
-    n2 = n1 if x2 is None else batch_len(x2)
-    rows = n1 if batch_size is None else min(batch_size, n1)
-    name = choose(fn, implementation, rows, full)
-    options = TileOptions(name, full, vectorize is not False, max(2 ** 20, budget // 4))
-    probe = take(x1, 0, min(2, n1))
-    if name == "structured" and implementation == "auto":
-        try:
-            build(fn, dataclasses.replace(options, vectorize=False))._layer_features(probe)
-        except LayoutError as exc:  # a covered module without the batch in dimension 0 or 1
-            warnings.warn(f"{fn.caller}: structured derivatives do not apply ({exc}); using "
-                          f"the generic implementations", UserWarning, stacklevel=3)
-            name = choose(fn, implementation, rows, full, structured=False)
-            options = dataclasses.replace(options, implementation=name)
-    # vmap candidates in order; NTK-vector products need forward-mode AD, which some ops lack
-    # (e.g. CPU flash attention): reverse-mode Jacobian contraction is tried before autograd
-    candidates = [] if vectorize is False else [options]
-    if candidates and name == "ntvp":
-        candidates.append(dataclasses.replace(options, implementation="jacobian"))
-    features, reasons = None, []
-    for candidate in candidates:
-        try:
-            impl = build(fn, candidate)
-            features = impl.prepare(probe)
-            impl.contract(features, features, True, full)
-            options = candidate
-            break
-        except Exception as exc:
-            if vectorize:
-                raise
-            reasons.append(f"'{candidate.implementation}': {type(exc).__name__}: "
-                           f"{_first_line(exc)}")
-            features = None
-    if features is None:
-        options = dataclasses.replace(options, implementation=name, vectorize=False)
-        features = build(fn, options).prepare(probe)
-    if reasons:
-        path = (f"the '{options.implementation}' implementation under vmap" if options.vectorize
-                else f"the '{name}' implementation with per-example derivatives by plain "
-                     f"autograd (one backward pass per example and output: correct, but slower)")
-        warnings.warn(f"{fn.caller}: torch.func.vmap cannot evaluate this model "
-                      f"({'; '.join(reasons)}); computing with {path} instead",
-                      VmapFallbackWarning, stacklevel=4)
-    if batch_size is not None:
-        return options, batch_size
-    per_example = tensor_bytes(features) / batch_len(probe)
-    transient = (1 + fn.k) * fn.activation_bytes
+def feature_bytes(fn: ModelFunction, options: TileOptions, x: Batch) -> float:
+    """Bytes of one example's features (see ``memory``), from the parameter count and the
+    activation bytes A measured by ``fn.probe``: Jacobians k·P; NTK-vector products keep only
+    inputs; structured features, layer inputs and cotangents, are bounded by (1 + k)·A, times
+    the kernel area of the largest convolution (its input patches), plus k·P of the parameters
+    left to Jacobians."""
     itemsize = torch.empty((), dtype=fn.dtype).element_size()
-    tile = (fn.k * fn.k if full else fn.k) * itemsize
-    return options, memory.block_size(per_example, transient, tile, budget, max(n1, n2))
+    if options.implementation == "jacobian":
+        return fn.k * fn.n_params * itemsize
+    if options.implementation == "ntvp":
+        return tensor_bytes(take(x, 0, 1))
+    s = StructuredDerivatives(fn)
+    area = max([math.prod(getattr(c.module, "kernel_size", (1,))) for c in s.covered] + [1])
+    left = sum(fn.params[n].numel() for n in s.leftover)
+    return area * (1 + fn.k) * fn.activation_bytes + fn.k * left * itemsize
+
+
+def block_for(fn: ModelFunction, options: TileOptions, x: Batch, n_max: int,
+              budget: int) -> int:
+    """The largest block size whose memory (``memory``) fits ``budget``."""
+    itemsize = torch.empty((), dtype=fn.dtype).element_size()
+    tile = (fn.k * fn.k if options.full else fn.k) * itemsize
+    transient = (1 + fn.k) * fn.activation_bytes
+    return memory.block_size(feature_bytes(fn, options, x), transient, tile, budget, n_max)
+
+
+def next_options(fn: ModelFunction, options: TileOptions, exc: Exception, requested: str,
+                 vectorize: Optional[bool], rows: int) -> Optional[TileOptions]:
+    """The next path after ``exc`` (None: no fallback, re-raise), with a warning naming it.
+
+    * structured derivatives chosen by "auto" for a model whose covered modules have no batch
+      dimension in dimension 0 or 1 (``LayoutError``): the generic choice;
+    * vmap failed (``VmapError``; with ``vectorize=None``): for NTK-vector products, Jacobian
+      contraction under vmap (forward-mode AD is the part most often missing, e.g. in fused
+      kernels), otherwise the same implementation with per-example autograd (correct for any
+      model autograd can differentiate: nn.LSTM/nn.GRU, in-place updates, data-dependent
+      control flow; one backward pass per example and output)."""
+    if isinstance(exc, LayoutError):
+        if requested != "auto" or options.implementation != "structured":
+            return None
+        name = choose(fn, requested, rows, options.full, structured=False)
+        warnings.warn(f"{fn.caller}: structured derivatives do not apply ({exc}); using the "
+                      f"'{name}' implementation", UserWarning, stacklevel=3)
+        return dataclasses.replace(options, implementation=name)
+    if not isinstance(exc, VmapError) or vectorize is not None or not options.vectorize:
+        return None
+    if options.implementation == "ntvp":
+        nxt = dataclasses.replace(options, implementation="jacobian")
+        path = "Jacobian contraction under vmap"
+    else:
+        nxt = dataclasses.replace(options, vectorize=False)
+        path = (f"the '{options.implementation}' implementation with per-example derivatives "
+                f"by plain autograd (one backward pass per example and output: correct, but "
+                f"slower)")
+    warnings.warn(f"{fn.caller}: torch.func.vmap cannot evaluate this model ({exc.reason}); "
+                  f"computing with {path} instead", VmapFallbackWarning, stacklevel=3)
+    return nxt
 
 
 def resolve(model, x1, x2=None, mode: str = "trace", implementation: str = "auto",

@@ -19,11 +19,16 @@ from ._batch import Batch, batch_len, take
 from ._model import ModelFunction, Params
 
 
-def _wrap_vmap_error(exc: Exception, caller: str) -> Exception:
-    return RuntimeError(
-        f"{caller}: evaluating per-example derivatives of the model failed under torch.func.vmap "
-        f"({type(exc).__name__}: {exc}). Models must process examples independently; "
-        f"pass vectorize=False to use per-example autograd")
+class VmapError(RuntimeError):
+    """torch.func.vmap could not evaluate the model's per-example derivatives."""
+
+    def __init__(self, exc: Exception, caller: str):
+        lines = str(exc).strip().splitlines()
+        self.reason = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+        super().__init__(
+            f"{caller}: evaluating per-example derivatives of the model failed under "
+            f"torch.func.vmap ({self.reason}); pass vectorize=False (or None) to use "
+            f"per-example autograd")
 
 
 class JacobianContraction:
@@ -54,8 +59,8 @@ class JacobianContraction:
 
         try:
             return vmap(jacrev(single), in_dims=(None, 0))(variables, x)
-        except RuntimeError as exc:
-            raise _wrap_vmap_error(exc, self.fn.caller) from exc
+        except Exception as exc:  # the fallback reports errors of the model itself
+            raise VmapError(exc, self.fn.caller) from exc
 
     def contract(self, ja: Dict[str, torch.Tensor], jb: Dict[str, torch.Tensor], same: bool,
                  full: bool) -> torch.Tensor:

@@ -10,15 +10,19 @@ from ._batch import batch_len, take
 from ._model import ModelFunction, differentiable_path
 from ._modes import blockwise, check_batch_size, check_mode, finalize
 from ._params import ParamSelection
-from .auto import check_implementation, plan
-from .tile import build
+from .auto import block_for, check_implementation, choose, next_options
+from .jacobian import VmapError
+from .memory import default_budget
+from .structured import LayoutError
+from .threads import auto_threads, limited_threads
+from .tile import TileOptions, build
 
 
 def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
                   implementation: str = "auto", batch_size: Optional[int] = None,
                   params: ParamSelection = None, memory_budget: Optional[int] = None,
-                  vectorize: Optional[bool] = None,
-                  progress: Optional[bool] = None) -> torch.Tensor:
+                  vectorize: Optional[bool] = None, progress: Optional[bool] = None,
+                  threads: Optional[int] = None) -> torch.Tensor:
     """Empirical (finite-width) Neural Tangent Kernel of any torch model.
 
         Θ[i, j, c, d] = Σ_p ∂f_c(x1_i)/∂θ_p · ∂f_d(x2_j)/∂θ_p
@@ -56,7 +60,21 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         warns (``VmapFallbackWarning``, naming the reason) and uses per-example autograd (e.g.
         nn.LSTM, nn.GRU); True requires vmap, False always uses per-example autograd.
     progress : tqdm progress bar over blocks (None: only on runs over 2 seconds).
+    threads : intra-op threads for this call; None: torch's count, lowered to the cores other
+        processes leave idle right now (``ntkit.empirical.threads``: on a busy machine torch's
+        thread pool waits on the thread that shares a busy core at every operation).
     """
+    caller = "empirical_ntk"
+    if threads is not None and (isinstance(threads, bool) or int(threads) != threads
+                                or threads < 1):
+        raise ValueError(f"{caller}: threads must be a positive integer or None, got {threads!r}")
+    with limited_threads(auto_threads() if threads is None else int(threads)):
+        return _empirical_ntk(model, x1, x2, mode, implementation, batch_size, params,
+                              memory_budget, vectorize, progress)
+
+
+def _empirical_ntk(model, x1, x2, mode, implementation, batch_size, params, memory_budget,
+                   vectorize, progress) -> torch.Tensor:
     caller = "empirical_ntk"
     mode = check_mode(mode, caller)
     implementation = check_implementation(implementation, caller)
@@ -64,13 +82,26 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
     fn = ModelFunction(model, caller, params)
     t1, t2 = fn.inputs(x1, x2)
     full = mode == "full"
+    budget = default_budget() if memory_budget is None else int(memory_budget)
+    n1 = batch_len(t1)
+    n_max = max(n1, n1 if t2 is None else batch_len(t2))
+    rows = n1 if batch_size is None else min(batch_size, n1)
+    options = TileOptions(choose(fn, implementation, rows, full), full, vectorize is not False,
+                          max(2 ** 20, budget // 4))
     with differentiable_path():
-        options, block = plan(fn, implementation, t1, t2, full, batch_size, memory_budget,
-                              vectorize)
-        impl = build(fn, options)
-        kern = blockwise(impl.prepare,
-                         lambda fa, fb, same: impl.contract(fa, fb, same, options.full),
-                         t1, t2, full, fn.k, block, fn.dtype, fn.device, progress, caller)
+        while True:
+            block = batch_size or block_for(fn, options, t1, n_max, budget)
+            impl = build(fn, options)
+            try:
+                kern = blockwise(impl.prepare,
+                                 lambda fa, fb, same: impl.contract(fa, fb, same, full),
+                                 t1, t2, full, fn.k, block, fn.dtype, fn.device, progress,
+                                 caller)
+                break
+            except (VmapError, LayoutError) as exc:
+                options = next_options(fn, options, exc, implementation, vectorize, rows)
+                if options is None:
+                    raise
     return finalize(kern, mode, fn.out_shape)
 
 

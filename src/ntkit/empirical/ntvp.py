@@ -15,7 +15,7 @@ from torch.func import jvp, vmap
 
 from ._batch import Batch, batch_len, take
 from ._model import ModelFunction
-from .jacobian import JacobianContraction, _wrap_vmap_error
+from .jacobian import JacobianContraction, VmapError
 
 #: default bytes of Jacobian rows (tangents) and forward-mode activations held at once
 TANGENT_BUDGET = 256 * 2 ** 20
@@ -60,8 +60,8 @@ class NTKVectorProducts:
             tangents = {n: r.reshape(c * k, *r.shape[2:]) for n, r in rows.items()}
             try:
                 cols = vmap(column)(tangents)  # (C*k, na, k)
-            except RuntimeError as exc:
-                raise _wrap_vmap_error(exc, fn.caller) from exc
+            except Exception as exc:  # the fallback reports errors of the model itself
+                raise VmapError(exc, fn.caller) from exc
             # cols[(j, d), i, c] -> (na, C, k_c, k_d)
             blocks.append(cols.reshape(c, k, na, k).permute(2, 0, 3, 1))
         kern = torch.cat(blocks, dim=1)
