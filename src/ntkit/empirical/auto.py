@@ -47,11 +47,13 @@ def check_implementation(implementation: str, caller: str) -> str:
 
 
 def choose(fn: ModelFunction, implementation: str, n_rows: int, full: bool,
-           structured: bool = True) -> str:
-    """The implementation name for ``implementation`` ('auto' resolved; see module doc)."""
+           structured: bool = True, rules: Optional[StructuredDerivatives] = None) -> str:
+    """The implementation name for ``implementation`` ('auto' resolved; see module doc);
+    ``rules``: the model's StructuredDerivatives when already built."""
     if implementation != "auto":
         return implementation
-    if structured and StructuredDerivatives(fn).covered_fraction >= 0.5:
+    rules = rules if rules is not None else StructuredDerivatives(fn) if structured else None
+    if structured and rules.covered_fraction >= 0.5:
         return "structured"
     itemsize = next(iter(fn.params.values())).element_size()
     if n_rows * fn.k * fn.n_params * itemsize > JACOBIAN_BUDGET or (full and fn.k >= 4):
@@ -72,7 +74,8 @@ def tensor_bytes(tree: Any) -> int:
     return 0
 
 
-def feature_bytes(fn: ModelFunction, options: TileOptions, x: Batch) -> float:
+def feature_bytes(fn: ModelFunction, options: TileOptions, x: Batch,
+                  rules: Optional[StructuredDerivatives] = None) -> float:
     """Bytes of one example's features (see ``memory``), from the parameter count and the
     activation bytes A measured by ``fn.probe``: Jacobians k·P; NTK-vector products keep only
     inputs; structured features, layer inputs and cotangents, are bounded by (1 + k)·A, times
@@ -83,19 +86,20 @@ def feature_bytes(fn: ModelFunction, options: TileOptions, x: Batch) -> float:
         return fn.k * fn.n_params * itemsize
     if options.implementation == "ntvp":
         return tensor_bytes(take(x, 0, 1))
-    s = StructuredDerivatives(fn)
+    s = rules if rules is not None else StructuredDerivatives(fn)
     area = max([math.prod(getattr(c.module, "kernel_size", (1,))) for c in s.covered] + [1])
     left = sum(fn.params[n].numel() for n in s.leftover)
     return area * (1 + fn.k) * fn.activation_bytes + fn.k * left * itemsize
 
 
 def block_for(fn: ModelFunction, options: TileOptions, x: Batch, n_max: int,
-              budget: int) -> int:
+              budget: int, rules: Optional[StructuredDerivatives] = None) -> int:
     """The largest block size whose memory (``memory``) fits ``budget``."""
     itemsize = torch.empty((), dtype=fn.dtype).element_size()
     tile = (fn.k * fn.k if options.full else fn.k) * itemsize
     transient = (1 + fn.k) * fn.activation_bytes
-    return memory.block_size(feature_bytes(fn, options, x), transient, tile, budget, n_max)
+    return memory.block_size(feature_bytes(fn, options, x, rules), transient, tile, budget,
+                             n_max)
 
 
 def next_options(fn: ModelFunction, options: TileOptions, exc: Exception, requested: str,

@@ -13,7 +13,7 @@ from ._params import ParamSelection
 from .auto import block_for, check_implementation, choose, next_options
 from .jacobian import VmapError
 from .memory import default_budget
-from .structured import LayoutError
+from .structured import LayoutError, StructuredDerivatives
 from .threads import auto_threads, limited_threads
 from .tile import TileOptions, build
 
@@ -86,12 +86,15 @@ def _empirical_ntk(model, x1, x2, mode, implementation, batch_size, params, memo
     n1 = batch_len(t1)
     n_max = max(n1, n1 if t2 is None else batch_len(t2))
     rows = n1 if batch_size is None else min(batch_size, n1)
-    options = TileOptions(choose(fn, implementation, rows, full), full, vectorize is not False,
-                          max(2 ** 20, budget // 4))
+    rules = StructuredDerivatives(fn, vectorize is not False)  # built once, used thrice
+    options = TileOptions(choose(fn, implementation, rows, full, rules=rules), full,
+                          vectorize is not False, max(2 ** 20, budget // 4))
     with differentiable_path():
         while True:
-            block = batch_size or block_for(fn, options, t1, n_max, budget)
-            impl = build(fn, options)
+            block = batch_size or block_for(fn, options, t1, n_max, budget, rules)
+            same_rules = (options.implementation == "structured"
+                          and options.vectorize == (vectorize is not False))
+            impl = rules if same_rules else build(fn, options)
             try:
                 kern = blockwise(impl.prepare,
                                  lambda fa, fb, same: impl.contract(fa, fb, same, full),

@@ -39,7 +39,8 @@ class TileOptions:
 
 
 def build(fn: ModelFunction, options: TileOptions):
-    """The implementation object (``prepare(x)`` features, ``contract(fa, fb, same, full)``)."""
+    """The implementation object (``prepare(x)`` features, ``contract(fa, fb, same, full)``);
+    it holds no state beyond ``fn`` and the options."""
     if options.implementation == "jacobian":
         return JacobianContraction(fn, vectorize=options.vectorize)
     if options.implementation == "ntvp":
