@@ -2,11 +2,12 @@
 
 The kernels are assembled from tiles of at most b rows and b columns (``_modes.blockwise``).
 While one tile is computed, memory holds the features of its rows and of its columns (per-example
-Jacobians: k·P numbers each; structured features: layer inputs and cotangents), the transient
-memory of computing one side's features (about (1 + k)·A for A bytes of activations autograd
-saves per example: one forward pass and k batched backward passes) and the tile itself:
+Jacobians: k·P numbers each; structured features: layer inputs and cotangents), one more copy
+of a side's features while they are produced (gradient buffers before they are stacked), the
+transient memory of the passes that produce them (about (1 + k)·A for A bytes of activations
+autograd saves per example: one forward pass and k batched backward passes) and the tile:
 
-    M(b) = b · (2F + (1 + k) A) + b² · k_tile · itemsize,      k_tile = k² ("full") or k,
+    M(b) = b · (3F + (1 + k) A) + b² · k_tile · itemsize,      k_tile = k² ("full") or k,
 
 with F the measured feature bytes per example. The default block size is the largest b with
 M(b) ≤ budget; the default budget is min(2 GiB, a quarter of the memory available now).
@@ -38,8 +39,8 @@ def default_budget() -> int:
 
 def block_size(feature_bytes: float, transient_bytes: float, tile_bytes_per_pair: float,
                budget: int, n_max: int) -> int:
-    """Largest b ≤ n_max (at least 1) with b·(2F + T) + b²·t ≤ budget (see the module doc)."""
-    lin = 2.0 * feature_bytes + transient_bytes
+    """Largest b ≤ n_max (at least 1) with b·(3F + T) + b²·t ≤ budget (see the module doc)."""
+    lin = 3.0 * feature_bytes + transient_bytes
     quad = float(tile_bytes_per_pair)
     if quad > 0:
         b = (-lin + math.sqrt(lin * lin + 4.0 * quad * budget)) / (2.0 * quad)
