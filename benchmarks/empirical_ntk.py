@@ -20,7 +20,10 @@ after a warm-up, and its peak resident memory (ru_maxrss) and the resident memor
 computation. torch keeps its default thread count; ntkit lowers it per call to the idle cores
 (ntkit.empirical.threads); "auto_threads_1" is ntkit's auto with threads=1. --busy N keeps N
 cores busy with spinning processes during all measurements (the "one core busy" condition).
-Prints one JSON object; "nt_structured_over_ntkit_auto" > 1 means ntkit is faster.
+The automatic choice's cost model (ntkit.empirical.cost) is checked against the measured times:
+"cost_model_gmacs" (predicted multiply-adds per implementation), "fastest_measured" and
+"auto_is_fastest". Prints one JSON object; "nt_structured_over_ntkit_auto" > 1 means ntkit is
+faster.
 
     .venv/bin/python benchmarks/empirical_ntk.py [--repeats 5] [--cases mlp,cnn,myrtle,transformer]
         [--tiny] [--no-peer] [--skip-slow] [--busy 1] [--memory]
@@ -177,7 +180,15 @@ def worker(args):
         resource.RUSAGE_SELF).ru_maxrss / 1024.0, "base_rss_mb": base,
         "threads": torch.get_num_threads()}
     if args.impl == "auto":
+        from ntkit.empirical._model import ModelFunction
+        from ntkit.empirical.auto import Request, predicted_costs
+        from ntkit.empirical.memory import default_budget
+
         out["resolves_to"] = resolve_implementation(net, x)
+        fn = ModelFunction(net)
+        t1, _ = fn.inputs(x, None)
+        out["cost_model_gmacs"] = {k: v / 1e9 for k, v in predicted_costs(
+            Request(fn, t1, None, False, default_budget())).items()}
         if args.save:
             np.save(args.save, kern.double().numpy())
     print(json.dumps(out))
@@ -274,6 +285,12 @@ def main():
                         ref = nt_ntk.astype(np.float64)
                         case["max_rel_diff_vs_nt"] = float(np.abs(kern - ref).max()
                                                            / np.abs(ref).max())
+                measured = {k: v["ms"] for k, v in case["ntkit"].items()
+                            if k in ("jacobian", "ntvp", "structured") and "ms" in v}
+                if len(measured) == 3 and "resolves_to" in case["ntkit"].get("auto", {}):
+                    fastest = min(measured, key=measured.get)
+                    case["fastest_measured"] = fastest
+                    case["auto_is_fastest"] = case["ntkit"]["auto"]["resolves_to"] == fastest
                 nt3 = case.get("neural_tangents", {}).get("3")
                 auto = case["ntkit"].get("auto", {}).get("ms")
                 if isinstance(nt3, float) and auto:

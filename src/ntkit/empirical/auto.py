@@ -4,27 +4,24 @@ model (``next_options``: per-example autograd, with a warning naming the reason)
 probed in advance: a fallback is taken when the first block fails, so a model vmap can run pays
 nothing for the check.
 
-The automatic choice among the three implementations:
-* ``"structured"`` when modules with structured rules (Linear, Conv1d/2d, Embedding, LayerNorm,
-  the linear maps of MultiheadAttention, ntkit's NTK layers) hold at least half of the
-  differentiated parameters: their contribution costs Gram matrices of layer inputs and
-  cotangents, orders of magnitude below a Jacobian (the rest of the parameters still go
-  through Jacobian contraction);
-* otherwise ``"ntvp"`` when the per-block Jacobian (n·k·P numbers) would exceed
-  ``JACOBIAN_BUDGET`` bytes, or for "full" kernels with k ≥ 4 outputs (contracting Jacobians
-  costs k² per pair of examples there, NTK-vector products k);
-* otherwise ``"jacobian"``.
+The automatic choice among the three implementations is the least predicted number of
+multiply-adds (``cost``: one example's forward pass profiled, structured layers' shapes), with
+the block size each implementation gets from the memory budget (small blocks recompute column
+features); "structured" competes when modules with structured rules (Linear, Conv1d/2d,
+Embedding, LayerNorm, eval BatchNorm, the linear maps of MultiheadAttention, ntkit's NTK layers)
+hold differentiated parameters.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import warnings
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from . import memory
+from . import cost, memory
 from ._batch import Batch, batch_len, take
 from ._model import ModelFunction
 from .jacobian import VmapError
@@ -32,7 +29,6 @@ from .structured import LayoutError, StructuredDerivatives
 from .tile import TileOptions
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured")
-JACOBIAN_BUDGET = 2 * 2 ** 30
 
 
 class VmapFallbackWarning(UserWarning):
@@ -46,19 +42,54 @@ def check_implementation(implementation: str, caller: str) -> str:
     return implementation
 
 
-def choose(fn: ModelFunction, implementation: str, n_rows: int, full: bool,
-           structured: bool = True, rules: Optional[StructuredDerivatives] = None) -> str:
-    """The implementation name for ``implementation`` ('auto' resolved; see module doc);
-    ``rules``: the model's StructuredDerivatives when already built."""
+@dataclass
+class Request:
+    """One call's arguments, as the plan needs them."""
+
+    fn: ModelFunction
+    x1: Batch
+    x2: Optional[Batch]
+    full: bool
+    budget: int
+    batch_size: Optional[int] = None
+    rules: Optional[StructuredDerivatives] = None
+
+    def __post_init__(self):
+        if self.rules is None:
+            self.rules = StructuredDerivatives(self.fn)
+
+    @property
+    def sizes(self) -> Tuple[int, int]:
+        n1 = batch_len(self.x1)
+        return n1, n1 if self.x2 is None else batch_len(self.x2)
+
+
+def predicted_costs(req: Request, structured: bool = True) -> Dict[str, float]:
+    """Multiply-adds of each implementation (``cost``), with the recomputation of column
+    features that blocks smaller than the inputs imply."""
+    n1, n2 = req.sizes
+    prof = cost.profile(req.fn, req.x1, req.rules)
+    pairs = n1 * (n1 + 1) / 2 if req.x2 is None else n1 * n2
+    out = {}
+    for name in ("jacobian", "ntvp", "structured") if structured else ("jacobian", "ntvp"):
+        block = min(req.batch_size or block_for(req, TileOptions(name, req.full)), n1)
+        blocks = -(-n1 // block)
+        # each row block recomputes the features of the column blocks it meets
+        examples = n1 + (n1 * (blocks - 1) / 2 if req.x2 is None else n2 * blocks)
+        out[name] = cost.costs(prof, req.fn.n_params, req.fn.k, examples, pairs,
+                               req.full)[name]
+    return out
+
+
+def choose(req: Request, implementation: str, structured: bool = True) -> str:
+    """The implementation name for ``implementation``; "auto": the least predicted cost among
+    the implementations that apply (structured: modules with rules hold at least one
+    parameter)."""
     if implementation != "auto":
         return implementation
-    rules = rules if rules is not None else StructuredDerivatives(fn) if structured else None
-    if structured and rules.covered_fraction >= 0.5:
-        return "structured"
-    itemsize = next(iter(fn.params.values())).element_size()
-    if n_rows * fn.k * fn.n_params * itemsize > JACOBIAN_BUDGET or (full and fn.k >= 4):
-        return "ntvp"
-    return "jacobian"
+    structured = structured and bool(req.rules.covered)
+    c = predicted_costs(req, structured)
+    return min(c, key=c.get)
 
 
 def tensor_bytes(tree: Any) -> int:
@@ -74,36 +105,36 @@ def tensor_bytes(tree: Any) -> int:
     return 0
 
 
-def feature_bytes(fn: ModelFunction, options: TileOptions, x: Batch,
-                  rules: Optional[StructuredDerivatives] = None) -> float:
+def feature_bytes(req: Request, options: TileOptions) -> float:
     """Bytes of one example's features (see ``memory``), from the parameter count and the
     activation bytes A measured by ``fn.probe``: Jacobians k·P; NTK-vector products keep only
     inputs; structured features, layer inputs and cotangents, are bounded by (1 + k)·A, times
     the kernel area of the largest convolution (its input patches), plus k·P of the parameters
     left to Jacobians."""
+    fn = req.fn
     itemsize = torch.empty((), dtype=fn.dtype).element_size()
     if options.implementation == "jacobian":
         return fn.k * fn.n_params * itemsize
     if options.implementation == "ntvp":
-        return tensor_bytes(take(x, 0, 1))
-    s = rules if rules is not None else StructuredDerivatives(fn)
+        return tensor_bytes(take(req.x1, 0, 1))
+    s = req.rules
     area = max([math.prod(getattr(c.module, "kernel_size", (1,))) for c in s.covered] + [1])
     left = sum(fn.params[n].numel() for n in s.leftover)
     return area * (1 + fn.k) * fn.activation_bytes + fn.k * left * itemsize
 
 
-def block_for(fn: ModelFunction, options: TileOptions, x: Batch, n_max: int,
-              budget: int, rules: Optional[StructuredDerivatives] = None) -> int:
-    """The largest block size whose memory (``memory``) fits ``budget``."""
+def block_for(req: Request, options: TileOptions) -> int:
+    """The largest block size whose memory (``memory``) fits the budget."""
+    fn = req.fn
     itemsize = torch.empty((), dtype=fn.dtype).element_size()
     tile = (fn.k * fn.k if options.full else fn.k) * itemsize
     transient = (1 + fn.k) * fn.activation_bytes
-    return memory.block_size(feature_bytes(fn, options, x, rules), transient, tile, budget,
-                             n_max)
+    return memory.block_size(feature_bytes(req, options), transient, tile, req.budget,
+                             max(req.sizes))
 
 
-def next_options(fn: ModelFunction, options: TileOptions, exc: Exception, requested: str,
-                 vectorize: Optional[bool], rows: int) -> Optional[TileOptions]:
+def next_options(req: Request, options: TileOptions, exc: Exception, requested: str,
+                 vectorize: Optional[bool]) -> Optional[TileOptions]:
     """The next path after ``exc`` (None: no fallback, re-raise), with a warning naming it.
 
     * structured derivatives chosen by "auto" for a model whose covered modules have no batch
@@ -113,10 +144,11 @@ def next_options(fn: ModelFunction, options: TileOptions, exc: Exception, reques
       kernels), otherwise the same implementation with per-example autograd (correct for any
       model autograd can differentiate: nn.LSTM/nn.GRU, in-place updates, data-dependent
       control flow; one backward pass per example and output)."""
+    fn = req.fn
     if isinstance(exc, LayoutError):
         if requested != "auto" or options.implementation != "structured":
             return None
-        name = choose(fn, requested, rows, options.full, structured=False)
+        name = choose(req, requested, structured=False)
         warnings.warn(f"{fn.caller}: structured derivatives do not apply ({exc}); using the "
                       f"'{name}' implementation", UserWarning, stacklevel=3)
         return dataclasses.replace(options, implementation=name)
@@ -136,10 +168,11 @@ def next_options(fn: ModelFunction, options: TileOptions, exc: Exception, reques
 
 
 def resolve(model, x1, x2=None, mode: str = "trace", implementation: str = "auto",
-            batch_size: Optional[int] = None, params=None) -> str:
+            batch_size: Optional[int] = None, params=None,
+            memory_budget: Optional[int] = None) -> str:
     """Which implementation ``empirical_ntk`` would use for these arguments."""
     fn = ModelFunction(model, params=params)
-    t1, _ = fn.inputs(x1, x2)
-    rows = batch_len(t1) if batch_size is None else min(batch_size, batch_len(t1))
-    return choose(fn, check_implementation(implementation, "empirical_ntk"), rows,
-                  mode == "full")
+    t1, t2 = fn.inputs(x1, x2)
+    budget = memory.default_budget() if memory_budget is None else int(memory_budget)
+    req = Request(fn, t1, t2, mode == "full", budget, batch_size)
+    return choose(req, check_implementation(implementation, "empirical_ntk"))

@@ -10,7 +10,7 @@ from ._batch import batch_len, take
 from ._model import ModelFunction, differentiable_path
 from ._modes import blockwise, check_batch_size, check_mode, finalize
 from ._params import ParamSelection
-from .auto import block_for, check_implementation, choose, next_options
+from .auto import Request, block_for, check_implementation, choose, next_options
 from .jacobian import VmapError
 from .memory import default_budget
 from .structured import LayoutError, StructuredDerivatives
@@ -83,18 +83,16 @@ def _empirical_ntk(model, x1, x2, mode, implementation, batch_size, params, memo
     t1, t2 = fn.inputs(x1, x2)
     full = mode == "full"
     budget = default_budget() if memory_budget is None else int(memory_budget)
-    n1 = batch_len(t1)
-    n_max = max(n1, n1 if t2 is None else batch_len(t2))
-    rows = n1 if batch_size is None else min(batch_size, n1)
-    rules = StructuredDerivatives(fn, vectorize is not False)  # built once, used thrice
-    options = TileOptions(choose(fn, implementation, rows, full, rules=rules), full,
-                          vectorize is not False, max(2 ** 20, budget // 4))
+    req = Request(fn, t1, t2, full, budget, batch_size,
+                  StructuredDerivatives(fn, vectorize is not False))  # built once, used thrice
+    options = TileOptions(choose(req, implementation), full, vectorize is not False,
+                          max(2 ** 20, budget // 4))
     with differentiable_path():
         while True:
-            block = batch_size or block_for(fn, options, t1, n_max, budget, rules)
+            block = batch_size or block_for(req, options)
             same_rules = (options.implementation == "structured"
                           and options.vectorize == (vectorize is not False))
-            impl = rules if same_rules else build(fn, options)
+            impl = req.rules if same_rules else build(fn, options)
             try:
                 kern = blockwise(impl.prepare,
                                  lambda fa, fb, same: impl.contract(fa, fb, same, full),
@@ -102,7 +100,7 @@ def _empirical_ntk(model, x1, x2, mode, implementation, batch_size, params, memo
                                  caller)
                 break
             except (VmapError, LayoutError) as exc:
-                options = next_options(fn, options, exc, implementation, vectorize, rows)
+                options = next_options(req, options, exc, implementation, vectorize)
                 if options is None:
                     raise
     return finalize(kern, mode, fn.out_shape)
