@@ -16,43 +16,13 @@ from ntkit.empirical import empirical_nngp, empirical_ntk, ensemble_kernels, res
 from ntkit.empirical import structured as st
 from ntkit.empirical._model import ModelFunction
 from ntkit.finite import NTKLinear
+from tests.empirical_bruteforce import assert_close, brute_force_ntk, modes_of
 
 IMPLS = ["jacobian", "ntvp", "structured", "auto"]
 F64 = torch.float64
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def brute_force_ntk(model, x1, x2):
-    """(n1, n2, k, k) from per-example, per-output autograd gradients, concatenated."""
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def jac(x):
-        rows = []
-        for i in range(x.shape[0]):
-            out = model(x[i:i + 1]).reshape(-1)
-            per_out = []
-            for c in range(out.numel()):
-                grads = torch.autograd.grad(out[c], params, retain_graph=True, allow_unused=True)
-                per_out.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                                          for g, p in zip(grads, params)]))
-            rows.append(torch.stack(per_out))
-        return torch.stack(rows)
-
-    j1, j2 = jac(x1), jac(x2)
-    return torch.einsum("icp,jdp->ijcd", j1, j2)
-
-
-def modes_of(full):
-    diag = torch.diagonal(full, dim1=2, dim2=3)
-    return {"full": full, "diagonal": diag, "trace": diag.mean(-1)}
-
-
-def assert_close(a, b, rtol=1e-12):
-    scale = b.abs().max().clamp_min(1e-300)
-    err = float((a - b).abs().max() / scale)
-    assert err < rtol, f"relative error {err:.3e} > {rtol:.0e}"
 
 
 # -- models ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The empirical NTK of models beyond MLPs/CNNs on float tensors: language models on token ids
 with a padding mask, recurrent networks (which torch.func.vmap cannot run: fallback to
 per-example autograd), a ResNet-style CNN with BatchNorm (eval), parameter subsets, models with
-two inputs or dict inputs. Reference: a brute-force Jacobian written here, one example and one
-output at a time with torch.autograd.grad (no torch.func), in float64, to 1e-10.
+two inputs or dict inputs. Reference: the brute-force Jacobian of tests/empirical_bruteforce.py,
+one example and one output at a time with torch.autograd.grad (no torch.func), in float64, to
+1e-10.
 """
 import warnings
 
@@ -13,6 +14,8 @@ from torch import nn
 from ntkit.empirical import VmapFallbackWarning, empirical_ntk
 from ntkit.empirical import TileOptions, ntk_tile
 from ntkit.empirical._model import ModelFunction
+from tests.empirical_bruteforce import assert_close as _assert_close
+from tests.empirical_bruteforce import brute_force_ntk, modes_of
 
 IMPLS = ["jacobian", "ntvp", "structured", "auto"]
 F64 = torch.float64
@@ -20,64 +23,8 @@ F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# -- the reference --------------------------------------------------------------------------------
-def _example(x, i):
-    if isinstance(x, dict):
-        return {key: v[i:i + 1] for key, v in x.items()}
-    if isinstance(x, tuple):
-        return tuple(v[i:i + 1] for v in x)
-    return x[i:i + 1]
-
-
-def _apply(model, x):
-    if isinstance(x, dict):
-        return model(**x)
-    if isinstance(x, tuple):
-        return model(*x)
-    return model(x)
-
-
-def _n(x):
-    return next(iter(x.values())).shape[0] if isinstance(x, dict) else (
-        x[0].shape[0] if isinstance(x, tuple) else x.shape[0])
-
-
-def brute_force_ntk(model, x1, x2, params=None):
-    """(n1, n2, k, k): Σ_p ∂f_c(x1_i)/∂θ_p ∂f_d(x2_j)/∂θ_p with per-example, per-output
-    autograd gradients over ``params`` (default: requires_grad parameters)."""
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
-
-    def jac(x):
-        rows = []
-        for i in range(_n(x)):
-            out = _apply(model, _example(x, i)).reshape(-1)  # params require grad: no fast path
-            per_out = []
-            for c in range(out.numel()):
-                grads = torch.autograd.grad(out[c], params, retain_graph=True, allow_unused=True)
-                per_out.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                                          for g, p in zip(grads, params)]))
-            rows.append(torch.stack(per_out))
-        return torch.stack(rows)
-
-    try:
-        return torch.einsum("icp,jdp->ijcd", jac(x1), jac(x2))
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-
-
-def modes_of(full):
-    diag = torch.diagonal(full, dim1=2, dim2=3)
-    return {"full": full, "diagonal": diag, "trace": diag.mean(-1)}
-
-
 def assert_close(a, b, rtol=1e-10):
-    scale = b.abs().max().clamp_min(1e-300)
-    err = float((a - b).abs().max() / scale)
-    assert err < rtol, f"relative error {err:.3e} > {rtol:.0e}"
+    _assert_close(a, b, rtol)
 
 
 def check_all(model, x1, x2, impls=IMPLS, params=None, ref_params=None, **kw):

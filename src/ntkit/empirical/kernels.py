@@ -47,10 +47,11 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, mode: str = "trace",
         k = prod(out_shape) outputs of Θ[i, j, c, c], shape (n1, n2);
         "full": (n1, n2, *out_shape, *out_shape);
         "diagonal": the output-diagonal Θ[i, j, c, c], shape (n1, n2, *out_shape).
-    implementation : "auto" (by cost, see ``ntkit.empirical.auto``), "jacobian" (contraction of
-        per-example Jacobians), "ntvp" (NTK-vector products) or "structured" (Gram matrices of
-        layer inputs and output cotangents for Linear/Conv layers, Novak et al. 2022; other
-        parameters through Jacobians). All give the same kernel up to rounding.
+    implementation : "auto" (least predicted cost, see ``ntkit.empirical.cost``), "jacobian"
+        (contraction of per-example Jacobians), "ntvp" (NTK-vector products) or "structured"
+        (Gram matrices of layer inputs and output cotangents for Linear, Conv, Embedding,
+        LayerNorm, eval BatchNorm and the linear maps of MultiheadAttention, Novak et al. 2022;
+        other parameters through Jacobians). All give the same kernel up to rounding.
     batch_size : at most this many examples of x1 and of x2 per block; None: the largest block
         whose memory fits ``memory_budget`` (see ``ntkit.empirical.memory``).
     params : which parameters to differentiate: None (requires_grad), a glob pattern on names
