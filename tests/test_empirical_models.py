@@ -299,3 +299,32 @@ def test_transformer_is_covered_by_structured_rules():
     assert s.leftover == []
     assert {type(c.module) for c in s.covered} == {nn.Embedding, nn.MultiheadAttention,
                                                   nn.LayerNorm, nn.Linear}
+
+
+class ControlFlow(nn.Module):
+    """Data-dependent Python control flow and an in-place write of per-example values into a
+    fresh buffer: both stop torch.func.vmap; autograd runs them per example."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        if bool((h.abs() > 10).any()):  # never true (|tanh| < 1), but must be evaluated
+            h = h * 0
+        out = torch.zeros(x.shape[0], 3, dtype=x.dtype)
+        out[:, :2] = self.b(h)
+        out[:, 2] = h.sum(-1)
+        return out
+
+
+def test_control_flow_and_in_place_writes_fall_back():
+    torch.manual_seed(11)
+    model = ControlFlow().double()
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(3, 3, generator=g, dtype=F64), torch.randn(2, 3, generator=g, dtype=F64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_all(model, x1, x2)
+    assert any(issubclass(w.category, VmapFallbackWarning) for w in caught)
