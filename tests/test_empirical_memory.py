@@ -91,3 +91,10 @@ def test_idle_cores_within_the_affinity():
     if idle is not None:  # Linux
         assert 1 <= idle <= len(os.sched_getaffinity(0))
     assert 1 <= threads.auto_threads() <= torch.get_num_threads()
+
+
+def test_a_kernel_larger_than_memory_is_refused_before_any_work():
+    model = nn.Linear(2, 100)
+    x = torch.zeros(1, 2).expand(10 ** 6, 2)  # 10^12 x 10^4 entries in "full" mode
+    with pytest.raises(MemoryError, match="the kernel itself needs"):
+        empirical_ntk(model, x, mode="full")

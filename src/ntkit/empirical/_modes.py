@@ -40,29 +40,39 @@ def check_batch_size(batch_size: Optional[int], caller: str) -> Optional[int]:
     return int(batch_size)
 
 
-def mirror(block: torch.Tensor, full: bool) -> torch.Tensor:
+def mirror(block: torch.Tensor) -> torch.Tensor:
     """The (j, i) block from the (i, j) block: K[j, i, d, c] = K[i, j, c, d]."""
-    return block.permute(1, 0, 3, 2) if full else block.transpose(0, 1)
+    return block.permute(1, 0, 3, 2) if block.ndim == 4 else block.transpose(0, 1)
+
+
+def reduce_block(block: torch.Tensor, mode: str) -> torch.Tensor:
+    """A canonical block as stored: "trace" takes the mean over outputs at once, so memory
+    holds (n1, n2) and not (n1, n2, k)."""
+    return block.mean(dim=-1) if mode == "trace" else block
+
+
+def stored_tail(mode: str, k: int) -> Tuple[int, ...]:
+    return () if mode == "trace" else (k, k) if mode == "full" else (k,)
 
 
 def finalize(kernel: torch.Tensor, mode: str, out_shape: Tuple[int, ...]) -> torch.Tensor:
-    """Canonical layout -> the public shape of ``mode`` (see the module docstring)."""
+    """Stored layout (``reduce_block``) -> the public shape of ``mode`` (module docstring)."""
     n1, n2 = kernel.shape[:2]
     if mode == "trace":
-        return kernel.mean(dim=-1)
+        return kernel
     if mode == "diagonal":
         return kernel.reshape(n1, n2, *out_shape)
     return kernel.reshape(n1, n2, *out_shape, *out_shape)
 
 
 def blockwise(prepare: Callable, contract: Callable, x1: Batch, x2: Optional[Batch],
-              full: bool, k: int, batch_size: Optional[int], dtype: torch.dtype,
+              tail: Tuple[int, ...], batch_size: Optional[int], dtype: torch.dtype,
               device: torch.device, progress: Optional[bool] = None,
               desc: str = "empirical kernel") -> torch.Tensor:
     """Assemble the canonical kernel from blocks of at most ``batch_size`` rows and columns.
 
     ``prepare(x_block)`` computes per-block features (Jacobians, Gram factors, ...);
-    ``contract(fa, fb, same)`` the (na, nb, ...) block between two prepared blocks, ``same``
+    ``contract(fa, fb, same)`` the (na, nb, *tail) block between two prepared blocks, ``same``
     telling that they are the same block (fa is fb). With x2=None only the blocks on and above
     the diagonal are computed and the others mirrored. Features of column blocks are recomputed
     for every row block: memory stays bounded by the block size, at the cost of recomputation.
@@ -75,7 +85,6 @@ def blockwise(prepare: Callable, contract: Callable, x1: Batch, x2: Optional[Bat
         fa = prepare(x1)
         fb = fa if x2 is None else prepare(x2)
         return contract(fa, fb, x2 is None)
-    tail = (k, k) if full else (k,)
     out = torch.empty(n1, n2, *tail, dtype=dtype, device=device)
     starts1, starts2 = range(0, n1, batch_size), range(0, n2, batch_size)
     tiles = (len(starts1) * (len(starts1) + 1) // 2 if x2 is None
@@ -93,7 +102,7 @@ def blockwise(prepare: Callable, contract: Callable, x1: Batch, x2: Optional[Bat
                 block = contract(fa, fb, same)
                 out[i0:i1, j0:j1] = block
                 if x2 is None and not same:
-                    out[j0:j1, i0:i1] = mirror(block, full)
+                    out[j0:j1, i0:i1] = mirror(block)
                 bar.update(1)
     finally:
         bar.close()

@@ -8,11 +8,12 @@ from torch import nn
 
 from ._batch import batch_len, take
 from ._model import ModelFunction, differentiable_path
-from ._modes import blockwise, check_batch_size, check_mode, finalize
+from ._modes import (blockwise, check_batch_size, check_mode, finalize, reduce_block,
+                     stored_tail)
 from ._params import ParamSelection
 from .auto import Request, block_for, check_implementation, choose, next_options
 from .jacobian import VmapError
-from .memory import default_budget
+from .memory import check_output, default_budget
 from .structured import LayoutError, StructuredDerivatives
 from .threads import auto_threads, limited_threads
 from .tile import TileOptions, build
@@ -83,6 +84,10 @@ def _empirical_ntk(model, x1, x2, mode, implementation, batch_size, params, memo
     fn = ModelFunction(model, caller, params)
     t1, t2 = fn.inputs(x1, x2)
     full = mode == "full"
+    n1 = batch_len(t1)
+    n2 = n1 if t2 is None else batch_len(t2)
+    check_output(n1, n2, fn.k * fn.k if full else 1 if mode == "trace" else fn.k,
+                 torch.empty((), dtype=fn.dtype).element_size(), caller)
     budget = default_budget() if memory_budget is None else int(memory_budget)
     req = Request(fn, t1, t2, full, budget, batch_size,
                   StructuredDerivatives(fn, vectorize is not False))  # built once, used thrice
@@ -95,10 +100,10 @@ def _empirical_ntk(model, x1, x2, mode, implementation, batch_size, params, memo
                           and options.vectorize == (vectorize is not False))
             impl = req.rules if same_rules else build(fn, options)
             try:
-                kern = blockwise(impl.prepare,
-                                 lambda fa, fb, same: impl.contract(fa, fb, same, full),
-                                 t1, t2, full, fn.k, block, fn.dtype, fn.device, progress,
-                                 caller)
+                kern = blockwise(impl.prepare, lambda fa, fb, same: reduce_block(
+                                     impl.contract(fa, fb, same, full), mode),
+                                 t1, t2, stored_tail(mode, fn.k), block, fn.dtype, fn.device,
+                                 progress, caller)
                 break
             except (VmapError, LayoutError) as exc:
                 options = next_options(req, options, exc, implementation, vectorize)
@@ -135,8 +140,8 @@ def empirical_nngp(model: nn.Module, x1, x2=None, *, mode: str = "trace",
     def contract(fa, fb, same):
         if full:
             return fa[:, None, :, None] * fb[None, :, None, :]
-        return fa[:, None, :] * fb[None, :, :]
+        return reduce_block(fa[:, None, :] * fb[None, :, :], mode)
 
-    kern = blockwise(prepare, contract, t1, t2, full, fn.k, batch_size, fn.dtype, fn.device,
-                     False, caller)
+    kern = blockwise(prepare, contract, t1, t2, stored_tail(mode, fn.k), batch_size, fn.dtype,
+                     fn.device, False, caller)
     return finalize(kern, mode, fn.out_shape)

@@ -47,3 +47,13 @@ def block_size(feature_bytes: float, transient_bytes: float, tile_bytes_per_pair
     else:
         b = budget / max(lin, 1.0)
     return int(max(1, min(n_max, math.floor(b))))
+
+
+def check_output(n1: int, n2: int, per_pair: int, itemsize: int, caller: str) -> None:
+    """Raise MemoryError, before any work, when the kernel itself cannot fit in memory."""
+    need = n1 * n2 * per_pair * itemsize
+    avail = available_bytes()
+    if avail is not None and need > avail:
+        raise MemoryError(f"{caller}: the kernel itself needs {need / 2 ** 30:.1f} GiB "
+                          f"({n1} x {n2} x {per_pair} entries) but {avail / 2 ** 30:.1f} GiB "
+                          f"are available; use mode='trace' or fewer examples per call")
