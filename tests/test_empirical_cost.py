@@ -70,3 +70,13 @@ def test_choices_on_clear_cases():
     assert resolve_implementation(wide, torch.randn(200, 784)) == "structured"
     # nothing covered: structured does not compete; one output, few examples: Jacobians
     assert resolve_implementation(Bilinear(), torch.randn(8, 64)) == "jacobian"
+
+
+def test_structured_feature_count_by_hand():
+    """Dense layer (T = 1, a = 5, o = 7), conv layer (T = 25, a = 18, o = 3; plus its per-example
+    weight gradients), an embedding (T = 4 ids, o = 6), a LayerNorm of 24 gradient numbers,
+    10 parameters left to Jacobians; k = 2 outputs."""
+    p = cost.Profile(0.0, [(1, 5, 7, True, False), (25, 18, 3, True, False),
+                           (4, 1, 6, False, True)], [24], left=10)
+    expected = (5 + 2 * 7) + (25 * 18 + 2 * 25 * 3 + 2 * 3 * 18) + (4 + 2 * 4 * 6) + 2 * 24 + 2 * 10
+    assert p.structured_numbers(2) == expected

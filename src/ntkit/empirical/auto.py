@@ -14,7 +14,6 @@ hold differentiated parameters.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -57,6 +56,14 @@ class Request:
     def __post_init__(self):
         if self.rules is None:
             self.rules = StructuredDerivatives(self.fn)
+        self._profile: Optional[cost.Profile] = None
+
+    @property
+    def profile(self) -> cost.Profile:
+        """``cost.profile`` of the first example of x1, computed once per call."""
+        if self._profile is None:
+            self._profile = cost.profile(self.fn, self.x1, self.rules)
+        return self._profile
 
     @property
     def sizes(self) -> Tuple[int, int]:
@@ -68,7 +75,7 @@ def predicted_costs(req: Request, structured: bool = True) -> Dict[str, float]:
     """Multiply-adds of each implementation (``cost``), with the recomputation of column
     features that blocks smaller than the inputs imply."""
     n1, n2 = req.sizes
-    prof = cost.profile(req.fn, req.x1, req.rules)
+    prof = req.profile
     pairs = n1 * (n1 + 1) / 2 if req.x2 is None else n1 * n2
     out = {}
     for name in ("jacobian", "ntvp", "structured") if structured else ("jacobian", "ntvp"):
@@ -82,14 +89,14 @@ def predicted_costs(req: Request, structured: bool = True) -> Dict[str, float]:
 
 
 def choose(req: Request, implementation: str, structured: bool = True) -> str:
-    """The implementation name for ``implementation``; "auto": the least predicted cost among
-    the implementations that apply (structured: modules with rules hold at least one
-    parameter)."""
+    """The implementation name for ``implementation``; "auto": the least predicted time
+    (multiply-adds weighted by ``cost.SECONDS_PER_MAC``) among the implementations that apply
+    (structured: modules with rules hold at least one parameter)."""
     if implementation != "auto":
         return implementation
     structured = structured and bool(req.rules.covered)
     c = predicted_costs(req, structured)
-    return min(c, key=c.get)
+    return min(c, key=lambda name: c[name] * cost.SECONDS_PER_MAC[name])
 
 
 def tensor_bytes(tree: Any) -> int:
@@ -106,21 +113,16 @@ def tensor_bytes(tree: Any) -> int:
 
 
 def feature_bytes(req: Request, options: TileOptions) -> float:
-    """Bytes of one example's features (see ``memory``), from the parameter count and the
-    activation bytes A measured by ``fn.probe``: Jacobians k·P; NTK-vector products keep only
-    inputs; structured features, layer inputs and cotangents, are bounded by (1 + k)·A, times
-    the kernel area of the largest convolution (its input patches), plus k·P of the parameters
-    left to Jacobians."""
+    """Bytes of one example's features (see ``memory``): Jacobians k·P numbers; NTK-vector
+    products keep only inputs; structured features as counted from the profiled layer shapes
+    (``cost.Profile.structured_numbers``)."""
     fn = req.fn
     itemsize = torch.empty((), dtype=fn.dtype).element_size()
     if options.implementation == "jacobian":
         return fn.k * fn.n_params * itemsize
     if options.implementation == "ntvp":
         return tensor_bytes(take(req.x1, 0, 1))
-    s = req.rules
-    area = max([math.prod(getattr(c.module, "kernel_size", (1,))) for c in s.covered] + [1])
-    left = sum(fn.params[n].numel() for n in s.leftover)
-    return area * (1 + fn.k) * fn.activation_bytes + fn.k * left * itemsize
+    return req.profile.structured_numbers(fn.k) * itemsize
 
 
 def block_for(req: Request, options: TileOptions) -> int:

@@ -16,9 +16,9 @@ with, per linear-in-weight layer (Novak et al. 2022, section 4, as in ``structur
 T = S = 1: pairs·(a + k'·o); otherwise min(pairs·T²·(a + k'·o), k·N·T·o·a + pairs·k'·o·a)
 (Gram of Grams, or per-example weight gradients)
 (embeddings: the first, with a = 1), plus pairs·k'·o for a bias; elementwise-affine layers
-pairs·k'·D. One forward and k backward passes cost about (1 + 2k)·F. The model is checked
-against measured times by ``benchmarks/empirical_ntk.py`` (fields "cost_model_gmacs" and
-"auto_is_fastest").
+pairs·k'·D. One forward and k backward passes cost about (1 + 2k)·F. The automatic choice
+weighs these counts by ``SECONDS_PER_MAC`` (measured throughput) and is checked against
+measured times by ``benchmarks/empirical_ntk.py`` ("cost_model_gmacs", "auto_is_fastest").
 """
 from __future__ import annotations
 
@@ -63,6 +63,15 @@ class Profile:
     elementwise: List[int] = field(default_factory=list)
     left: int = 0  # parameters left to Jacobians by the structured rules
 
+    def structured_numbers(self, k: int) -> float:
+        """Numbers the structured features of one example hold: per layer the inputs T·a
+        (token ids: T) and cotangents k·T·o, and k·o·a for the per-example weight gradients of
+        layers with T > 1 (formed in the contraction); k·D per elementwise layer; k·P_g."""
+        total = float(k * self.left + sum(k * d for d in self.elementwise))
+        for t, a, o, _, gram in self.layers:
+            total += t * a + k * t * o + (k * o * a if t > 1 and not gram else 0)
+        return total
+
 
 def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profile:
     """Profile the first example of x (see the module docstring)."""
@@ -96,6 +105,13 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profil
             h.remove()
     left = sum(fn.params[n].numel() for n in rules.leftover)
     return Profile(counter.flops / 2.0, shapes, elementwise, left)
+
+
+#: relative time per multiply-add: measured with one thread on the benchmark cases (MLP,
+#: CNN, Myrtle-5, transformer encoder; benchmarks/empirical_ntk.py) the structured path ran
+#: 1.4-2.3x more multiply-adds per second than Jacobian contraction (its per-example vmapped
+#: passes and memory-bound contraction), and NTK-vector products no faster than Jacobians
+SECONDS_PER_MAC = {"jacobian": 2.0, "ntvp": 2.0, "structured": 1.0}
 
 
 def costs(p: Profile, n_params: int, k: int, examples: float, pairs: float,
