@@ -10,7 +10,8 @@ K[i, j, c, d]. The modes (neural-tangents' ``trace_axes`` / ``diagonal_axes`` co
   K[i, j] -> Θ(x_i, x_j) I_k, so "trace" is the one to compare with ``arch.kernel(...).ntk``.
 
 Internally every implementation computes blocks in a canonical layout: (na, nb, k, k) for
-"full", (na, nb, k) for the other two.
+"full", (na, nb, k) for the other two; "trace" blocks are reduced to (na, nb) before they are
+stored (``reduce_block``).
 """
 from __future__ import annotations
 

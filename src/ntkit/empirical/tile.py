@@ -8,6 +8,17 @@ sense of ``_batch``; ``xb=None`` is the diagonal tile of xa with itself, compute
 ``options`` fixes everything else. Nothing is cached between calls and no module state is
 changed (hooks used by the structured implementation are removed before returning), so a
 tiling engine can call it per tile in any order. Output layout: the canonical one of ``_modes``.
+A tiling engine sets it up as ``empirical_ntk`` does:
+
+    fn = ModelFunction(model, params=params)          # which parameters; checks
+    b1, b2 = fn.inputs(x1, x2)                        # validated batches; output shape k
+    req = auto.Request(fn, b1, b2, full, memory.default_budget())
+    options = TileOptions(auto.choose(req, "auto"), full)
+    rows = auto.block_for(req, options)               # a block size within the budget
+    tile = ntk_tile(fn, _batch.take(b1, i0, i1), _batch.take(b2, j0, j1), options)
+
+(a ``VmapError`` from a tile means vmap cannot run the model: ``auto.next_options`` gives
+the fallback, e.g. ``TileOptions(..., vectorize=False)``).
 """
 from __future__ import annotations
 
