@@ -16,7 +16,7 @@ For the stax cases neural-tangents initializes the network and its parameters ar
 the torch model, so the kernels are compared too ("max_rel_diff_vs_nt", float32 rounding).
 Every measurement runs in a fresh subprocess (torch: one per case and implementation;
 neural-tangents: one per case, in .peer-venv) that reports its median time over --repeats calls
-after a warm-up, and its peak resident memory (ru_maxrss) and the resident memory before the
+after a warm-up, and its peak resident memory (VmHWM) and the resident memory before the
 computation. torch keeps its default thread count; ntkit lowers it per call to the idle cores
 (ntkit.empirical.threads); "auto_threads_1" is ntkit's auto with threads=1. --busy N keeps N
 cores busy with spinning processes during all measurements (the "one core busy" condition).
@@ -152,6 +152,13 @@ def make_inputs(name, spec):
 
 
 # -- subprocess workers ------------------------------------------------------------------------------
+def peak_rss_mb():
+    """VmHWM: the peak resident memory of this process image (ru_maxrss can report the
+    parent's peak: Linux carries it over a vfork + exec)."""
+    with open("/proc/self/status") as f:
+        return [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")][0]
+
+
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
@@ -177,8 +184,7 @@ def worker(args):
     base = rss_mb()
     seconds, kern = median_time(lambda: nk.empirical_ntk(net, x, implementation=impl, **kw),
                                 args.repeats, slow_after=3.0)
-    out = {"ms": 1e3 * seconds, "peak_rss_mb": resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024.0, "base_rss_mb": base,
+    out = {"ms": 1e3 * seconds, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
         "threads": torch.get_num_threads()}
     if args.impl == "auto":
         from ntkit.empirical._model import ModelFunction

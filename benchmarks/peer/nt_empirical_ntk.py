@@ -30,7 +30,10 @@ from neural_tangents import stax
 
 
 def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """VmHWM: the peak resident memory of this process image (ru_maxrss can report the
+    parent's peak: Linux carries it over a vfork + exec)."""
+    with open("/proc/self/status") as f:
+        return [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")][0]
 
 
 def current_rss_mb():
