@@ -242,6 +242,11 @@ def _batch_axis(module: nn.Module, u, output, n: int, hint: int) -> int:
                       f"in dimension 0 or 1")
 
 
+def _join(parts: List[torch.Tensor], dim: int) -> torch.Tensor:
+    """torch.cat, without a copy for a single part (a module called once)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
 def _module_features(c: _Covered, per_role) -> list:
     """Feature entries of one covered module from its calls' (input, cotangent) per role."""
     rule = c.rule
@@ -250,8 +255,7 @@ def _module_features(c: _Covered, per_role) -> list:
         gs = [rule.outputs(g) for _, g in per_role[""]]
         sw2 = rule.weight_scale ** 2 if "weight" in c.names else 0.0
         sb2 = rule.bias_scale ** 2 if "bias" in c.names else 0.0
-        return [_LayerFeatures(torch.cat(us, dim=1), torch.cat(gs, dim=2), sw2, sb2,
-                               rule.input_gram)]
+        return [_LayerFeatures(_join(us, 1), _join(gs, 2), sw2, sb2, rule.input_gram)]
     if isinstance(rule, ElementwiseRule):
         j = None
         for u, g in per_role[""]:
@@ -261,7 +265,7 @@ def _module_features(c: _Covered, per_role) -> list:
                 parts.append(torch.einsum("cntd,ntd->ncd", gg, v))
             if "bias" in c.names:
                 parts.append(gg.sum(dim=2).transpose(0, 1))
-            term = torch.cat(parts, dim=-1)
+            term = _join(parts, -1)
             j = term if j is None else j + term
         return [_GradFeatures(j)]
     # attention: one entry per linear map; a packed q/k/v projection called both on one input
@@ -279,8 +283,8 @@ def _module_features(c: _Covered, per_role) -> list:
         sw2 = 1.0 if weight in c.names else 0.0
         sb2 = 1.0 if bias is not None and bias in c.names else 0.0
         if sw2 or sb2:
-            u = torch.cat([u for u, _ in per_role[role]], dim=1)
-            g = torch.cat([g for _, g in per_role[role]], dim=2)
+            u = _join([u for u, _ in per_role[role]], 1)
+            g = _join([g for _, g in per_role[role]], 2)
             entries.append(_LayerFeatures(u, g, sw2, sb2))
     return entries
 
