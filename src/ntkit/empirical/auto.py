@@ -4,10 +4,11 @@ model (``next_options``: per-example autograd, with a warning naming the reason)
 probed in advance: a fallback is taken when the first block fails, so a model vmap can run pays
 nothing for the check.
 
-The automatic choice among the three implementations is the least predicted number of
-multiply-adds (``cost``: one example's forward pass profiled, structured layers' shapes), with
-the block size each implementation gets from the memory budget (small blocks recompute column
-features); "structured" competes when modules with structured rules (Linear, Conv1d/2d,
+The automatic choice among the three implementations is the least predicted time: multiply-adds
+(``cost``: one example's forward pass profiled, structured layers' shapes) weighted by the
+measured throughput of each implementation (``cost.SECONDS_PER_MAC``), with the block size each
+implementation gets from the memory budget (small blocks recompute column features);
+"structured" competes when modules with structured rules (Linear, Conv1d/2d,
 Embedding, LayerNorm, eval BatchNorm, the linear maps of MultiheadAttention, ntkit's NTK layers)
 hold differentiated parameters.
 """
