@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -152,23 +151,12 @@ def make_inputs(name, spec):
 
 
 # -- subprocess workers ------------------------------------------------------------------------------
-def peak_rss_mb():
-    """VmHWM: the peak resident memory of this process image (ru_maxrss can report the
-    parent's peak: Linux carries it over a vfork + exec)."""
-    with open("/proc/self/status") as f:
-        return [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")][0]
-
-
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
-
-
 def worker(args):
     """One case x implementation in this (fresh) process; prints one JSON line."""
     sys.path.insert(0, str(Path(__file__).parent))
     import ntkit as nk
     from ntkit.empirical import resolve_implementation
+    from _rss import peak_rss_mb, rss_mb
     from _timing import median_time
 
     data = np.load(args.data)

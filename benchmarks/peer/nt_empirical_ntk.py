@@ -17,9 +17,9 @@ first implementation timed (`<name>_ntk`). Only neural-tangents' and JAX's publi
 this file is benchmark tooling.
 """
 import json
-import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import jax
@@ -28,17 +28,8 @@ from jax import random
 import neural_tangents as nt
 from neural_tangents import stax
 
-
-def peak_rss_mb():
-    """VmHWM: the peak resident memory of this process image (ru_maxrss can report the
-    parent's peak: Linux carries it over a vfork + exec)."""
-    with open("/proc/self/status") as f:
-        return [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")][0]
-
-
-def current_rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _rss import peak_rss_mb, rss_mb as current_rss_mb  # noqa: E402
 
 
 def build_stax(spec):
