@@ -107,11 +107,13 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profil
     return Profile(counter.flops / 2.0, shapes, elementwise, left)
 
 
-#: relative time per multiply-add: measured with one thread on the benchmark cases (MLP,
-#: CNN, Myrtle-5, transformer encoder; benchmarks/empirical_ntk.py) the structured path ran
-#: 1.4-2.3x more multiply-adds per second than Jacobian contraction (its per-example vmapped
-#: passes and memory-bound contraction), and NTK-vector products no faster than Jacobians
-SECONDS_PER_MAC = {"jacobian": 2.0, "ntvp": 2.0, "structured": 1.0}
+#: relative time per multiply-add. Measured with one thread on the benchmark cases
+#: (benchmarks/empirical_ntk.py; MLP, CNN, Myrtle-5 at 20 examples, transformer encoder at 20
+#: and 100), Jacobian contraction ran 0.84-1.75x fewer multiply-adds per second than the
+#: structured path (per-example vmapped passes, memory-bound contraction) and NTK-vector
+#: products no more than Jacobians; with 1.3 the choice was within 1.4x of the faster one in
+#: every case (measured on a shared, loaded machine: to be re-measured on a quiet one)
+SECONDS_PER_MAC = {"jacobian": 1.3, "ntvp": 1.3, "structured": 1.0}
 
 
 def costs(p: Profile, n_params: int, k: int, examples: float, pairs: float,
