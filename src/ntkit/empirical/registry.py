@@ -11,8 +11,12 @@ backpropagated cotangent of z_t, so the layer's NTK contribution needs only u an
 (Novak et al. 2022, "Fast Finite Width Neural Tangent Kernel", structured derivatives).
 
 A rule tells, for one module, the scales and how to arrange its input into patches
-(n, T, a) and an output cotangent (B, n, *out) into (B, n, T, o). Built in: nn.Linear, nn.Conv1d, nn.Conv2d (groups=1, any padding mode), ntkit.layers.finite's NTKLinear
-and NTKConv2d (both parameterizations). Register new module types
+(n, T, a) and an output cotangent (B, n, *out) into (B, n, T, o). Built in: nn.Linear,
+nn.Conv1d, nn.Conv2d (groups=1, any padding mode), ntkit.layers.finite's NTKLinear and NTKConv2d (both
+parameterizations), nn.Embedding (one-hot inputs, never formed). Two further rule kinds:
+``ElementwiseRule`` (nn.LayerNorm, eval-mode nn.BatchNorm1d/2d/3d: z = w ∘ v + b) and
+``AttentionRule`` (the four linear maps inside nn.MultiheadAttention, hence inside
+nn.TransformerEncoderLayer/DecoderLayer). Register new module types
 with ``register_linear_module(cls, rule_fn)``; ``rule_fn(module)`` returns a ``LinearRule`` or
 None when that instance is not supported (it then falls back to the generic path). Lookup is
 by exact type: a subclass that overrides ``forward`` is never assumed linear.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Optional, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +37,41 @@ from ..layers.finite import NTKLinear
 
 @dataclass(frozen=True)
 class LinearRule:
-    """How one linear-in-weight module maps to (u, g): see the module docstring."""
+    """How one linear-in-weight module maps to (u, g): see the module docstring.
+
+    ``input_gram(ua, ub)``, when given, replaces the dot products u_it · u_js of the patches
+    (flattened to (na·T, nb·S)); the layer's contribution is then computed only in the
+    Gram-of-Grams form (nn.Embedding: u_t is the one-hot vector of token id_t, never formed,
+    and u_it · u_js = [id_it = id_js])."""
 
     weight_scale: float
     bias_scale: float
     patches: Callable[[torch.Tensor], torch.Tensor]   # module input -> (n, T, a)
     outputs: Callable[[torch.Tensor], torch.Tensor]   # cotangent (B, n, *out) -> (B, n, T, o)
+    input_gram: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
 
-RuleFn = Callable[[nn.Module], Optional[LinearRule]]
+@dataclass(frozen=True)
+class ElementwiseRule:
+    """An elementwise-affine module z_t = w ∘ v_t + b (LayerNorm; BatchNorm in eval mode), with
+    v_t the normalized input at position t; then ∂f_c/∂w = Σ_t g^c_t ∘ v_t, ∂f_c/∂b = Σ_t g^c_t:
+    per-example gradients of D numbers each, contracted directly.
+
+    ``normalized(u)`` gives v from the module input, as (n, T, D); ``outputs`` arranges a
+    cotangent (B, n, *out) as (B, n, T, D)."""
+
+    normalized: Callable[[torch.Tensor], torch.Tensor]
+    outputs: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionRule:
+    """nn.MultiheadAttention: its four linear maps (q, k, v in-projections, out-projection)
+    are linear-in-weight; their inputs and cotangents are recorded by ``attention``."""
+
+
+Rule = Union[LinearRule, ElementwiseRule, AttentionRule]
+RuleFn = Callable[[nn.Module], Optional[Rule]]
 _REGISTRY: Dict[Type[nn.Module], RuleFn] = {}
 
 
@@ -53,7 +83,7 @@ def register_linear_module(cls: Type[nn.Module], rule_fn: RuleFn) -> None:
     _REGISTRY[cls] = rule_fn
 
 
-def rule_for(module: nn.Module) -> Optional[LinearRule]:
+def rule_for(module: nn.Module) -> Optional[Rule]:
     fn = _REGISTRY.get(type(module))
     return None if fn is None else fn(module)
 
@@ -133,9 +163,70 @@ def _ntk_conv2d(m) -> LinearRule:
     return LinearRule(1.0, 1.0, patches, conv_outputs)
 
 
+# -- embeddings, normalizations, attention ----------------------------------------------------------
+def _embedding(m: nn.Embedding) -> Optional[LinearRule]:
+    """z_t = W[id_t]: linear in W with one-hot inputs. max_norm renormalizes W in place and
+    scale_grad_by_freq/sparse change the gradient: those go to the generic path."""
+    if m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
+        return None
+    pad = m.padding_idx
+
+    def patches(ids):  # (n, *) ids -> (n, T, 1), padding_idx (no gradient in torch) -> -1
+        ids = ids.reshape(ids.shape[0], -1, 1)
+        return ids if pad is None else ids.masked_fill(ids == pad, -1)
+
+    return LinearRule(1.0, 0.0, patches, _dense_outputs, _token_gram)
+
+
+def _token_gram(ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
+    """[id_a = id_b] for flattened positions (na·T, nb·S), 0 at padding (id -1)."""
+    a, b = ua.reshape(-1, 1), ub.reshape(1, -1)
+    return (a == b) & (a >= 0)
+
+
+def _layer_norm(m: nn.LayerNorm) -> Optional[ElementwiseRule]:
+    shape, eps = tuple(m.normalized_shape), m.eps
+    d = math.prod(shape)
+
+    def normalized(u):
+        v = F.layer_norm(u, shape, None, None, eps)
+        return v.reshape(v.shape[0], -1, d)
+
+    def outputs(g):
+        return g.reshape(g.shape[0], g.shape[1], -1, d)
+
+    return ElementwiseRule(normalized, outputs)
+
+
+def _batch_norm(m) -> Optional[ElementwiseRule]:
+    """Eval-mode BatchNorm with running statistics (else it normalizes by batch statistics)."""
+    if m.training or m.running_mean is None or m.running_var is None:
+        return None
+    mean, var, eps = m.running_mean, m.running_var, m.eps
+
+    def normalized(u):  # (n, C, *spatial) -> (n, T, C)
+        shape = (1, -1) + (1,) * (u.ndim - 2)
+        v = (u - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
+        return v.reshape(v.shape[0], v.shape[1], -1).transpose(1, 2)
+
+    def outputs(g):  # (B, n, C, *spatial) -> (B, n, T, C)
+        return g.reshape(g.shape[0], g.shape[1], g.shape[2], -1).transpose(2, 3)
+
+    return ElementwiseRule(normalized, outputs)
+
+
+def _attention(m: nn.MultiheadAttention) -> Optional[AttentionRule]:
+    return AttentionRule()
+
+
 register_linear_module(nn.Linear, _torch_linear)
 register_linear_module(NTKLinear, _ntk_linear)
 register_linear_module(nn.Conv2d, _torch_conv2d)
 register_linear_module(nn.Conv1d, _torch_conv1d)
+register_linear_module(nn.Embedding, _embedding)
+register_linear_module(nn.LayerNorm, _layer_norm)
+for _bn in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+    register_linear_module(_bn, _batch_norm)
+register_linear_module(nn.MultiheadAttention, _attention)
 if hasattr(finite, "NTKConv2d") and hasattr(finite, "same_or_circular_pad"):
     register_linear_module(finite.NTKConv2d, _ntk_conv2d)

@@ -10,56 +10,95 @@ cotangents g^c (n, T, o) of output c, ∂f_c(x_i)/∂W = s_w Σ_t g^c_it u_itᵀ
 
 For a dense layer on flat inputs (T = 1) form (a) is the elementwise product of two small Gram
 matrices, U Uᵀ ∘ G Gᵀ, costing n1·n2·(a + k·o) instead of n1·n2·k·a·o; for convolutions the
-cheaper of (a) and (b) is chosen per layer by counting multiply-adds.
+cheaper of (a) and (b) is chosen per layer by counting multiply-adds. nn.Embedding is the case
+u_t = one-hot(id_t): u_it · u_js = [id_it = id_js] (form (a) only; the vocabulary-sized
+one-hot vectors are never formed). Elementwise-affine layers z_t = w ∘ v_t + b (LayerNorm,
+eval-mode BatchNorm) have per-example gradients Σ_t g^c_t ∘ v_t and Σ_t g^c_t of D numbers,
+contracted directly. nn.MultiheadAttention contributes its four linear maps (``attention``).
 
-u and g come from one batched forward pass with hooks: each covered module's output gets a zero
-"probe" added, and the gradient of Σ_i f_c(x_i) w.r.t. the probe is g^c (examples are
-independent, so the batch sum separates them). A module called several times (weight sharing
-within the module) concatenates its calls along T. A covered module's parameters must enter the
-output only through that module's own forward (not, say, through a parent reading
-``self.fc.weight`` directly); a parameter registered in two modules is left to the generic
-path. All remaining trainable parameters (norms,
-embeddings, custom modules, weights shared between modules) go through Jacobian contraction.
+u and g come from one batched forward pass with hooks: each covered module's output (for
+attention: each projection's output) gets a zero "probe" added, and the gradient of Σ_i f_c(x_i)
+w.r.t. the probe is g^c (examples are independent, so the batch sum separates them). A module
+called several times (weight sharing within the module) concatenates its calls along T
+(per-example gradients: sums them). A covered module's parameters must enter the output only
+through that module's own forward (not, say, through a parent reading ``self.fc.weight``
+directly); a parameter registered in two modules is left to the generic path. All remaining
+differentiated parameters (custom modules, weights shared between modules, bias_k/bias_v of
+attention) go through Jacobian contraction.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from . import attention
+from ._batch import Batch, batch_len
 from ._model import ModelFunction
 from .jacobian import JacobianContraction, contract_jacobians
-from .registry import LinearRule, rule_for
+from .registry import AttentionRule, ElementwiseRule, LinearRule, Rule, rule_for
+
+#: most entries of one (rows·T, cols·S) Gram matrix held at once in the Gram-of-Grams form
+GRAM_CHUNK = 2 ** 24
+
+
+class LayoutError(ValueError):
+    """A covered module's input or output has no batch dimension where one is expected."""
 
 
 @dataclass
 class _Covered:
     module: nn.Module
-    rule: LinearRule
-    weight: Optional[str]  # full parameter name when the weight is trainable
-    bias: Optional[str]
+    rule: Rule
+    names: Dict[str, str]    # parameter path in the module ("weight", "out_proj.bias", ...) ->
+                             # full name, for the differentiated parameters it covers
+    batch_axis: int = 0      # 1 inside torch's sequence-first transformer layers
 
 
 @dataclass
 class _LayerFeatures:
-    u: torch.Tensor          # (n, T, a) layer inputs (patches)
+    u: torch.Tensor          # (n, T, a) layer inputs (patches; token ids for embeddings)
     g: torch.Tensor          # (k, n, T, o) output cotangents
-    weight_scale2: float     # s_w² (0 when the weight is frozen)
-    bias_scale2: float       # s_b² (0 when there is no trainable bias)
+    weight_scale2: float     # s_w² (0 when the weight is not differentiated)
+    bias_scale2: float       # s_b² (0 when there is no differentiated bias)
+    input_gram: Optional[Callable] = None  # replaces u_it · u_js (embeddings)
+
+
+@dataclass
+class _GradFeatures:
+    j: torch.Tensor          # (n, k, Q) per-example gradients (elementwise-affine layers)
+
+
+def _parameter_paths(m: nn.Module, rule: Rule) -> List[str]:
+    if isinstance(rule, AttentionRule):
+        paths = {p for w, b in attention.parameter_roles(m).values() for p in (w, b) if p}
+        return sorted(paths)
+    return ["weight", "bias"]
+
+
+def _get(m: nn.Module, path: str) -> Optional[torch.Tensor]:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        m = getattr(m, p)
+    return m._parameters.get(leaf)
 
 
 def find_covered(model: nn.Module, fn: ModelFunction) -> Tuple[List[_Covered], List[str]]:
-    """The registered linear-in-weight modules with trainable parameters, and the names of the
-    trainable parameters left to the generic path."""
+    """The modules with structured rules and differentiated parameters, and the names of the
+    differentiated parameters left to the generic path."""
     name_of = {id(p): n for n, p in model.named_parameters() if n in fn.params}
     uses: Dict[int, int] = {}
     for m in model.modules():
         for p in m._parameters.values():
             if p is not None:
                 uses[id(p)] = uses.get(id(p), 0) + 1
+    sequence_first = set()
+    for m in model.modules():
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) \
+                and not m.self_attn.batch_first:
+            sequence_first.update(id(d) for d in m.modules())
     covered: List[_Covered] = []
     seen = set()
     for m in model.modules():
@@ -70,76 +109,97 @@ def find_covered(model: nn.Module, fn: ModelFunction) -> Tuple[List[_Covered], L
         if rule is None:
             continue
         names = {}
-        for key in ("weight", "bias"):
-            p = m._parameters.get(key)
+        for path in _parameter_paths(m, rule):
+            p = _get(m, path)
             if p is not None and id(p) in name_of and uses[id(p)] == 1:
-                names[key] = name_of[id(p)]
+                names[path] = name_of[id(p)]
         if names:
-            covered.append(_Covered(m, rule, names.get("weight"), names.get("bias")))
-    done = {n for c in covered for n in (c.weight, c.bias) if n is not None}
+            axis = 1 if id(m) in sequence_first and not isinstance(rule, AttentionRule) else 0
+            covered.append(_Covered(m, rule, names, axis))
+    done = {n for c in covered for n in c.names.values()}
     leftover = [n for n in fn.params if n not in done]
     return covered, leftover
 
 
 class StructuredDerivatives:
-    def __init__(self, fn: ModelFunction):
+    def __init__(self, fn: ModelFunction, vectorize: bool = True):
         self.fn = fn
         self.covered, self.leftover = find_covered(fn.model, fn)
-        self.generic = JacobianContraction(fn, self.leftover) if self.leftover else None
+        self.generic = (JacobianContraction(fn, self.leftover, vectorize) if self.leftover
+                        else None)
 
     @property
     def covered_fraction(self) -> float:
-        """Fraction of the trainable parameter count handled by the structured rules."""
+        """Fraction of the differentiated parameter count handled by the structured rules."""
         total = sum(p.numel() for p in self.fn.params.values())
-        done = sum(self.fn.params[n].numel() for c in self.covered
-                   for n in (c.weight, c.bias) if n is not None)
+        done = sum(self.fn.params[n].numel() for c in self.covered for n in c.names.values())
         return done / max(total, 1)
 
     # -- features -----------------------------------------------------------------------------
-    def prepare(self, x: torch.Tensor):
+    def prepare(self, x: Batch):
         layers = self._layer_features(x) if self.covered else []
         jac = self.generic.prepare(x) if self.generic is not None else None
-        return layers, jac, x.shape[0]
+        return layers, jac, batch_len(x)
 
-    def _layer_features(self, x: torch.Tensor) -> List[_LayerFeatures]:
-        fn, k = self.fn, self.fn.k
-        calls: Dict[int, List[Tuple[torch.Tensor, torch.Tensor]]] = {id(c.module): []
-                                                                      for c in self.covered}
+    def _layer_features(self, x: Batch) -> List[Optional[list]]:
+        """Per covered module: a list of feature entries, or None if it does not influence
+        the output."""
+        fn, n = self.fn, batch_len(x)
+        calls: Dict[int, List[Dict[str, Tuple[torch.Tensor, torch.Tensor, int]]]] = {
+            id(c.module): [] for c in self.covered}
+        axis_of = {id(c.module): c.batch_axis for c in self.covered}
+
+        def probe(module_calls, role, u, z, axis=0):
+            p = torch.zeros_like(z, requires_grad=True)
+            module_calls[-1][role] = (u.detach().movedim(axis, 0), p, axis)
+            return z + p
 
         def hook(module, args, kwargs, output):
             u = args[0] if args else next(iter(kwargs.values()))
-            probe = torch.zeros_like(output, requires_grad=True)
-            calls[id(module)].append((u.detach(), probe))
-            return output + probe
+            calls[id(module)].append({})
+            axis = _batch_axis(module, u, output, n, axis_of[id(module)])
+            return probe(calls[id(module)], "", u, output, axis)
 
-        handles = [c.module.register_forward_hook(hook, with_kwargs=True) for c in self.covered]
+        def attention_forward(c):
+            own = calls[id(c.module)]
+            inner = attention.probed_forward(c.module, lambda role, u, z: probe(own, role, u, z))
+
+            def forward(*args, **kwargs):
+                own.append({})
+                return inner(*args, **kwargs)
+
+            return forward
+
+        handles, replaced = [], []
         try:
+            for c in self.covered:
+                if isinstance(c.rule, AttentionRule):  # an instance attribute, undone below
+                    replaced.append((c.module, c.module.__dict__.get("forward")))
+                    c.module.forward = attention_forward(c)
+                else:
+                    handles.append(c.module.register_forward_hook(hook, with_kwargs=True))
             with torch.enable_grad():
-                state = {**fn.frozen, **fn.params}
-                out = functional_call(fn.model, state, (x,)).reshape(x.shape[0], -1)
-                probes = [p for c in self.covered for _, p in calls[id(c.module)]]
-                grads = _cotangents(out, probes, k)
+                out = fn.batched(fn.params, x)
         finally:
             for h in handles:
                 h.remove()
-        feats: List[Optional[_LayerFeatures]] = []
-        idx = 0
+            for m, before in replaced:
+                if before is None:
+                    del m.forward
+                else:
+                    m.forward = before
+        probes = [p for c in self.covered for call in calls[id(c.module)]
+                  for _, p, _ in call.values()]
+        grads = dict(zip(map(id, probes), _cotangents(out, probes, fn.k)))
+        feats: List[Optional[list]] = []
         for c in self.covered:
-            us, gs = [], []
-            for u, _ in calls[id(c.module)]:
-                g = grads[idx]
-                idx += 1
-                if g is not None:
-                    us.append(c.rule.patches(u))
-                    gs.append(c.rule.outputs(g))
-            if not us:  # the module does not influence the output
-                feats.append(None)
-                continue
-            sw2 = c.rule.weight_scale ** 2 if c.weight is not None else 0.0
-            sb2 = c.rule.bias_scale ** 2 if c.bias is not None else 0.0
-            u = us[0] if len(us) == 1 else torch.cat(us, dim=1)
-            g = gs[0] if len(gs) == 1 else torch.cat(gs, dim=2)
-            feats.append(_LayerFeatures(u, g, sw2, sb2))
+            per_role: Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
+            for call in calls[id(c.module)]:
+                for role, (u, p, axis) in call.items():
+                    g = grads[id(p)]
+                    if g is not None:  # (k, *out) -> batch next to k
+                        per_role.setdefault(role, []).append((u, g.movedim(axis + 1, 1)))
+            feats.append(_module_features(c, per_role) if per_role else None)
         return feats
 
     # -- contraction --------------------------------------------------------------------------
@@ -147,11 +207,15 @@ class StructuredDerivatives:
         la, ja, na = fa
         lb, jb, nb = fb
         total = None
-        for a, b in zip(la, lb):
-            if a is None or b is None:
+        for ea, eb in zip(la, lb):
+            if ea is None or eb is None:
                 continue
-            term = layer_kernel(a, b, same, full)
-            total = term if total is None else total.add_(term)
+            for a, b in zip(ea, eb):
+                if isinstance(a, _GradFeatures):
+                    term = contract_jacobians(a.j, a.j if same else b.j, full)
+                else:
+                    term = layer_kernel(a, b, same, full)
+                total = term if total is None else total.add_(term)
         if self.generic is not None:
             term = self.generic.contract(ja, jb, same, full)
             total = term if total is None else total.add_(term)
@@ -160,6 +224,69 @@ class StructuredDerivatives:
             shape = (na, nb, k, k) if full else (na, nb, k)
             total = torch.zeros(shape, dtype=self.fn.dtype, device=self.fn.device)
         return total
+
+
+def _batch_axis(module: nn.Module, u, output, n: int, hint: int) -> int:
+    """The batch dimension of a covered module's input and output: ``hint`` (0, or 1 inside
+    torch's sequence-first transformer layers) when both have n there, else the other of the
+    first two dimensions when that one is unambiguous."""
+    ok = [a for a in (0, 1) if isinstance(u, torch.Tensor) and u.ndim > a and output.ndim > a
+          and u.shape[a] == n and output.shape[a] == n]
+    if hint in ok:
+        return hint
+    if len(ok) == 1:
+        return ok[0]
+    shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+    raise LayoutError(f"structured derivatives: {type(module).__name__} receives input {shape} "
+                      f"and returns {tuple(output.shape)}, with no batch dimension of size {n} "
+                      f"in dimension 0 or 1")
+
+
+def _join(parts: List[torch.Tensor], dim: int) -> torch.Tensor:
+    """torch.cat, without a copy for a single part (a module called once)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+def _module_features(c: _Covered, per_role) -> list:
+    """Feature entries of one covered module from its calls' (input, cotangent) per role."""
+    rule = c.rule
+    if isinstance(rule, LinearRule):
+        us = [rule.patches(u) for u, _ in per_role[""]]
+        gs = [rule.outputs(g) for _, g in per_role[""]]
+        sw2 = rule.weight_scale ** 2 if "weight" in c.names else 0.0
+        sb2 = rule.bias_scale ** 2 if "bias" in c.names else 0.0
+        return [_LayerFeatures(_join(us, 1), _join(gs, 2), sw2, sb2, rule.input_gram)]
+    if isinstance(rule, ElementwiseRule):
+        j = None
+        for u, g in per_role[""]:
+            v, gg = rule.normalized(u), rule.outputs(g)  # (n, T, D), (k, n, T, D)
+            parts = []
+            if "weight" in c.names:
+                parts.append(torch.einsum("cntd,ntd->ncd", gg, v))
+            if "bias" in c.names:
+                parts.append(gg.sum(dim=2).transpose(0, 1))
+            term = _join(parts, -1)
+            j = term if j is None else j + term
+        return [_GradFeatures(j)]
+    # attention: one entry per linear map; a packed q/k/v projection called both on one input
+    # ("qkv") and on separate ones is split so that all calls of one map line up
+    roles = attention.parameter_roles(c.module)
+    if "qkv" in per_role and any(r in per_role for r in ("q", "k", "v")):
+        for u, g in per_role.pop("qkv"):
+            for r, gr in zip(("q", "k", "v"), g.chunk(3, dim=-1)):
+                per_role.setdefault(r, []).append((u, gr))
+    entries = []
+    for role in ("qkv", "q", "k", "v", "out"):
+        if role not in per_role:
+            continue
+        weight, bias = roles[role]
+        sw2 = 1.0 if weight in c.names else 0.0
+        sb2 = 1.0 if bias is not None and bias in c.names else 0.0
+        if sw2 or sb2:
+            u = _join([u for u, _ in per_role[role]], 1)
+            g = _join([g for _, g in per_role[role]], 2)
+            entries.append(_LayerFeatures(u, g, sw2, sb2))
+    return entries
 
 
 def _cotangents(out: torch.Tensor, probes: List[torch.Tensor], k: int):
@@ -196,10 +323,10 @@ def layer_kernel(a: _LayerFeatures, b: _LayerFeatures, same: bool, full: bool) -
         cost_gram = na * nb * T * S * (dim_in + kk * o)
         cost_grad = k * (na * T + nb * S) * o * dim_in + na * nb * kk * o * dim_in
         if T == 1 and S == 1:
-            ku = a.u[:, 0] @ b.u[:, 0].T
+            ku = _input_gram(a, b, 0, na).to(a.g.dtype)
             kg = contract_jacobians(a.g[:, :, 0].transpose(0, 1), b.g[:, :, 0].transpose(0, 1), full)
             result = kg.mul_(ku[:, :, None, None] if full else ku[:, :, None])
-        elif cost_gram <= cost_grad:
+        elif a.input_gram is not None or cost_gram <= cost_grad:
             result = _gram_of_grams(a, b, full)
         else:
             wa = _per_example_weight_grad(a)
@@ -213,8 +340,16 @@ def layer_kernel(a: _LayerFeatures, b: _LayerFeatures, same: bool, full: bool) -
         result = term if result is None else result.add_(term)
     if result is None:
         shape = (na, nb, k, k) if full else (na, nb, k)
-        result = a.u.new_zeros(shape)
+        result = a.g.new_zeros(shape)
     return result
+
+
+def _input_gram(a: _LayerFeatures, b: _LayerFeatures, i0: int, i1: int) -> torch.Tensor:
+    """u_it · u_js for the examples i0..i1-1 of a and all of b: (rows·T, nb·S)."""
+    ua = a.u[i0:i1]
+    if a.input_gram is not None:
+        return a.input_gram(ua, b.u)
+    return ua.reshape(-1, ua.shape[-1]) @ b.u.reshape(-1, b.u.shape[-1]).T
 
 
 def _per_example_weight_grad(f: _LayerFeatures) -> torch.Tensor:
@@ -225,17 +360,22 @@ def _per_example_weight_grad(f: _LayerFeatures) -> torch.Tensor:
 
 
 def _gram_of_grams(a: _LayerFeatures, b: _LayerFeatures, full: bool) -> torch.Tensor:
-    """Σ_{t,s} (u_it·u_js)(g^c_it·g^d_js), looping over the needed (c, d) output pairs."""
+    """Σ_{t,s} (u_it·u_js)(g^c_it·g^d_js), looping over the needed (c, d) output pairs and over
+    chunks of the rows (at most ``GRAM_CHUNK`` Gram entries at once)."""
     k, na, T, o = a.g.shape
     nb, S = b.g.shape[1], b.g.shape[2]
-    ku = a.u.reshape(na * T, -1) @ b.u.reshape(nb * S, -1).T  # (na T, nb S)
     pairs = [(c, d) for c in range(k) for d in range(k)] if full else [(c, c) for c in range(k)]
-    out = a.u.new_empty((na, nb, k, k) if full else (na, nb, k))
-    for c, d in pairs:
-        kg = a.g[c].reshape(na * T, o) @ b.g[d].reshape(nb * S, o).T
-        val = (kg.mul_(ku)).reshape(na, T, nb, S).sum(dim=(1, 3))
-        if full:
-            out[:, :, c, d] = val
-        else:
-            out[:, :, c] = val
+    out = a.g.new_empty((na, nb, k, k) if full else (na, nb, k))
+    step = max(1, GRAM_CHUNK // max(1, T * nb * S))
+    gb = [b.g[d].reshape(nb * S, o) for d in range(k)]
+    for i0 in range(0, na, step):
+        i1 = min(i0 + step, na)
+        ku = _input_gram(a, b, i0, i1).to(a.g.dtype)  # ((i1-i0) T, nb S)
+        for c, d in pairs:
+            kg = a.g[c, i0:i1].reshape(-1, o) @ gb[d].T
+            val = (kg.mul_(ku)).reshape(i1 - i0, T, nb, S).sum(dim=(1, 3))
+            if full:
+                out[i0:i1, :, c, d] = val
+            else:
+                out[i0:i1, :, c] = val
     return out

@@ -1,0 +1,59 @@
+"""Memory budget of the empirical kernels and the block size it allows.
+
+The kernels are assembled from tiles of at most b rows and b columns (``_modes.blockwise``).
+While one tile is computed, memory holds the features of its rows and of its columns (per-example
+Jacobians: k·P numbers each; structured features: layer inputs and cotangents), one more copy
+of a side's features while they are produced (gradient buffers before they are stacked), the
+transient memory of the passes that produce them (about (1 + k)·A for A bytes of activations
+autograd saves per example: one forward pass and k batched backward passes) and the tile:
+
+    M(b) = b · (3F + (1 + k) A) + b² · k_tile · itemsize,      k_tile = k² ("full") or k,
+
+with F the measured feature bytes per example. The default block size is the largest b with
+M(b) ≤ budget; the default budget is min(2 GiB, a quarter of the memory available now).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+DEFAULT_CAP = 2 * 2 ** 30
+
+
+def available_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo (Linux), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def default_budget() -> int:
+    avail = available_bytes()
+    return DEFAULT_CAP if avail is None else max(64 * 2 ** 20, min(DEFAULT_CAP, avail // 4))
+
+
+def block_size(feature_bytes: float, transient_bytes: float, tile_bytes_per_pair: float,
+               budget: int, n_max: int) -> int:
+    """Largest b ≤ n_max (at least 1) with b·(3F + T) + b²·t ≤ budget (see the module doc)."""
+    lin = 3.0 * feature_bytes + transient_bytes
+    quad = float(tile_bytes_per_pair)
+    if quad > 0:
+        b = (-lin + math.sqrt(lin * lin + 4.0 * quad * budget)) / (2.0 * quad)
+    else:
+        b = budget / max(lin, 1.0)
+    return int(max(1, min(n_max, math.floor(b))))
+
+
+def check_output(n1: int, n2: int, per_pair: int, itemsize: int, caller: str) -> None:
+    """Raise MemoryError, before any work, when the kernel itself cannot fit in memory."""
+    need = n1 * n2 * per_pair * itemsize
+    avail = available_bytes()
+    if avail is not None and need > avail:
+        raise MemoryError(f"{caller}: the kernel itself needs {need / 2 ** 30:.1f} GiB "
+                          f"({n1} x {n2} x {per_pair} entries) but {avail / 2 ** 30:.1f} GiB "
+                          f"are available; use mode='trace' or fewer examples per call")

@@ -1,0 +1,82 @@
+"""The cost model of the automatic choice: the profiled multiply-adds and layer shapes against
+hand counts, the cost formulas against hand-evaluated numbers, and the choice on clear cases.
+(Whether the model ranks the implementations as measured times do is checked by
+benchmarks/empirical_ntk.py: "auto_is_fastest".)"""
+import pytest
+import torch
+from torch import nn
+
+from ntkit.empirical import resolve_implementation
+from ntkit.empirical import cost
+from ntkit.empirical._model import ModelFunction
+from ntkit.empirical.structured import StructuredDerivatives
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def profile_of(model, x):
+    fn = ModelFunction(model)
+    t1, _ = fn.inputs(x, None)
+    return cost.profile(fn, t1, StructuredDerivatives(fn))
+
+
+def test_profile_counts_multiply_adds_and_layer_shapes():
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3, bias=False))
+    p = profile_of(mlp, torch.randn(4, 5))
+    assert p.forward == 5 * 7 + 7 * 3
+    assert p.layers == [(1, 5, 7, True, False), (1, 7, 3, False, False)]
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten())
+    p = profile_of(conv, torch.randn(2, 2, 5, 5))
+    assert p.forward == 25 * (2 * 9) * 3  # 25 output pixels, 18 inputs, 3 channels
+    assert p.layers == [(25, 18, 3, True, False)]
+    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.LayerNorm(12))
+    p = profile_of(emb, torch.randint(0, 10, (2, 3)))
+    assert p.layers == [(3, 1, 4, False, True)]  # token-equality Gram: a = 1
+    assert p.elementwise == [24] and p.left == 0
+
+
+def test_cost_formulas_by_hand():
+    """Linear(5, 7) - Linear(7, 3), both with bias (66 parameters), n1 = 4, n2 = 3, k = 3,
+    "full": examples 7, pairs 12, k' = 9, forward F = 56 multiply-adds."""
+    p = cost.Profile(56.0, [(1, 5, 7, True, False), (1, 7, 3, True, False)])
+    c = cost.costs(p, 66, 3, examples=7, pairs=12, full=True)
+    passes = 7 * 7 * 56
+    assert c["jacobian"] == passes + 12 * 9 * 66
+    assert c["ntvp"] == passes + 3 * 3 * 12 * 56
+    layers = 12 * (5 + 9 * 7) + 12 * 9 * 7 + 12 * (7 + 9 * 3) + 12 * 9 * 3
+    assert c["structured"] == passes + layers
+    conv = cost.Profile(1350.0, [(25, 18, 3, False, False)])
+    c = cost.costs(conv, 162, 1, examples=10, pairs=25, full=False)
+    gram = 25 * 25 * 25 * (18 + 3)
+    grad = 1 * 10 * 25 * 3 * 18 + 25 * 3 * 18
+    assert c["structured"] == 10 * 3 * 1350 + min(gram, grad)
+
+
+class Bilinear(nn.Module):
+    """A custom module no rule covers: x Wᵀ with W a plain parameter (256 x 64)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(256, 64) / 8)
+
+    def forward(self, x):
+        return torch.tanh(x @ self.w.T).sum(-1, keepdim=True)
+
+
+def test_choices_on_clear_cases():
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                         nn.Linear(512, 1))
+    assert resolve_implementation(wide, torch.randn(200, 784)) == "structured"
+    # nothing covered: structured does not compete; one output, few examples: Jacobians
+    assert resolve_implementation(Bilinear(), torch.randn(8, 64)) == "jacobian"
+
+
+def test_structured_feature_count_by_hand():
+    """Dense layer (T = 1, a = 5, o = 7), conv layer (T = 25, a = 18, o = 3; plus its per-example
+    weight gradients), an embedding (T = 4 ids, o = 6), a LayerNorm of 24 gradient numbers,
+    10 parameters left to Jacobians; k = 2 outputs."""
+    p = cost.Profile(0.0, [(1, 5, 7, True, False), (25, 18, 3, True, False),
+                           (4, 1, 6, False, True)], [24], left=10)
+    expected = (5 + 2 * 7) + (25 * 18 + 2 * 25 * 3 + 2 * 3 * 18) + (4 + 2 * 4 * 6) + 2 * 24 + 2 * 10
+    assert p.structured_numbers(2) == expected
