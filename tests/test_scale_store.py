@@ -8,40 +8,13 @@ import os
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
-import ntkit as nk
 from ntkit.scale import compute_kernel, open_kernel
 from ntkit.scale.store import NotAKernelStore, StoreMismatch
 
+from scale_cases import B0, B1, W0, W1, client, inputs, mlp  # noqa: F401 (fixture)
 from scale_reference import relu_mlp_kernels
-
-distributed = pytest.importorskip("distributed")
-
-W0, B0, W1, B1 = 1.5, 0.1, 1.3, 0.05
-
-
-def mlp(w1=W1):
-    return nk.Sequential(nk.Linear(64, W_std=W0, b_std=B0), nk.ReLU(),
-                         nk.Linear(1, W_std=w1, b_std=B1))
-
-
-def inputs(n, seed, d=6):
-    return np.random.default_rng(seed).standard_normal((n, d))
-
-
-@pytest.fixture(scope="module")
-def client():
-    """A real LocalCluster of two single-threaded worker processes."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as c:
-        yield c
-
-
-def full(store, name):
-    return np.asarray(open_kernel(store).kernel(name).compute())
 
 
 def test_symmetric_store_equals_closed_form_and_in_memory(client, tmp_path):
