@@ -35,6 +35,10 @@ import zarr
 
 from ..engine import KernelOptions, Tile, plan_tiles
 
+if int(zarr.__version__.split(".")[0]) < 3:
+    raise ImportError(f"ntkit.scale needs zarr >= 3 (its v3 format and API); found zarr "
+                      f"{zarr.__version__}: pip install 'zarr>=3'")
+
 FORMAT = "ntkit-kernel-store"
 VERSION = 1
 KERNEL_NAMES = ("nngp", "ntk")
