@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from ntkit.scale import compute_kernel, open_kernel
@@ -118,16 +119,19 @@ def test_incomplete_store_refuses_to_present_a_matrix(client, tmp_path):
     (dict(tile=4), "tile size"),
     (dict(dtype="float32"), "dtype"),
     (dict(get="nngp"), "kernels"),
+    (dict(device="cuda"), "device"),
 ])
 def test_mismatched_resume_is_refused(client, tmp_path, change, match):
     path = tmp_path / "m.zarr"
     compute_kernel(mlp(), inputs(16, 6), store=path, tile=5, client=client, progress=False)
     before = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
-    args = dict(arch=mlp(), x=inputs(16, 6), tile=5, dtype=None, get=("nngp", "ntk"))
+    args = dict(arch=mlp(), x=inputs(16, 6), tile=5, dtype=None, get=("nngp", "ntk"),
+                device=None)
     args.update(change)
     with pytest.raises(StoreMismatch, match=match):
         compute_kernel(args["arch"], args["x"], store=path, tile=args["tile"],
-                       dtype=args["dtype"], get=args["get"], client=client, progress=False)
+                       dtype=args["dtype"], get=args["get"], device=args["device"],
+                       client=client, progress=False)
     assert {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()} == before
 
 
@@ -155,7 +159,20 @@ def test_bad_arguments_are_named(tmp_path):
         compute_kernel(mlp(), inputs(8, 0), store=tmp_path / "a", dtype="int8", progress=False)
     with pytest.raises(ValueError, match="tile"):
         compute_kernel(mlp(), inputs(8, 0), store=tmp_path / "a", tile=0, progress=False)
+    with pytest.raises(ValueError, match="device"):
+        compute_kernel(mlp(), inputs(8, 0), store=tmp_path / "a", device="tpu", progress=False)
     with pytest.raises(TypeError, match="client"):
         compute_kernel(mlp(), inputs(8, 0), store=tmp_path / "a", tile=4, client=3,
                        progress=False)
     assert not (tmp_path / "a").exists()  # checked before anything is written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_workers_match_the_closed_form(client, tmp_path):
+    x = inputs(14, 9)
+    k = compute_kernel(mlp(), x, store=tmp_path / "g.zarr", tile=5, client=client,
+                       device="cuda", progress=False)
+    assert k.meta["device"] == "cuda"
+    ref_nngp, ref_ntk = relu_mlp_kernels(x, None, W0, B0, W1, B1)
+    np.testing.assert_allclose(k.nngp.compute(), ref_nngp, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(k.ntk.compute(), ref_ntk, rtol=1e-7, atol=1e-12)

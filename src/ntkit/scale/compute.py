@@ -15,7 +15,7 @@ from ..layers.image_state import check_images
 from ..layers.kernel_tile import tile_side
 from .cluster import check_client, dask_client
 from .store import (KERNEL_NAMES, StoreSpec, as_kernel_dtype, bit_options, check_compatible,
-                    done_digests, fingerprint, is_new_location, read_attrs, write_new)
+                    check_device, done_digests, fingerprint, is_new_location, read_attrs, write_new)
 from .tasks import compute_stored_tile, verify_stored_tile
 from .view import RunReport, StoredKernel, open_kernel
 
@@ -37,7 +37,7 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 def compute_kernel(arch, x1: ArrayLike, x2: Optional[ArrayLike] = None, *,
                    store: Union[str, os.PathLike], tile: Optional[int] = None,
                    client=None, get: Union[str, Sequence[str]] = ("nngp", "ntk"),
-                   dtype=None, progress: bool = True,
+                   dtype=None, progress: bool = True, device: Optional[str] = None,
                    options: Optional[KernelOptions] = None,
                    tile_hook: Optional[Callable[[int], None]] = None) -> StoredKernel:
     """NNGP/NTK of ``arch`` between x1 (n1, ...) and x2 (n2, ...) (x2=None: x1 against itself,
@@ -56,6 +56,9 @@ def compute_kernel(arch, x1: ArrayLike, x2: Optional[ArrayLike] = None, *,
     the inputs', or the store's when resuming), ``tile`` and ``options`` (None: the store's when
     resuming, else ``KernelOptions.from_env()``) must then agree with the store.
 
+    ``device="cuda"`` computes every tile on the worker's current CUDA device (a worker
+    without one fails the task); the device is recorded, since its bits differ from the CPU's
+    (None: "cpu", or the store's when resuming).
     ``tile_hook(index)`` runs on the worker after each tile is recorded (tests, monitoring).
     Returns ``open_kernel(store)`` with ``.run`` (a ``RunReport``) set.
     """
@@ -72,6 +75,9 @@ def compute_kernel(arch, x1: ArrayLike, x2: Optional[ArrayLike] = None, *,
     arch.out_shape(tuple(t1.shape[1:]))  # validates the layer chain
     if dtype is None and existing is not None:
         dtype = existing["dtype"]
+    if device is None:
+        device = existing.get("device", "cpu") if existing is not None else "cpu"
+    check_device(device)
     kdtype = as_kernel_dtype(t1.dtype if dtype is None else dtype)
     a1 = t1.detach().to("cpu", kdtype).numpy()
     a2 = None if t2 is None else t2.detach().to("cpu", kdtype).numpy()
@@ -85,7 +91,7 @@ def compute_kernel(arch, x1: ArrayLike, x2: Optional[ArrayLike] = None, *,
     spec = StoreSpec(n1=a1.shape[0], n2=None if a2 is None else a2.shape[0], tile=int(tile),
                      dtype=str(kdtype).replace("torch.", ""), kernels=names,
                      architecture=repr(arch), fingerprint=fingerprint(a1, a2),
-                     options=bit_options(options))
+                     options=bit_options(options), device=device)
     if existing is not None:
         check_compatible(path, StoreSpec.from_attrs(existing), spec)
     if existing is None or existing.get("state") != "ready":

@@ -67,6 +67,7 @@ class StoreSpec:
     architecture: str          # repr of the architecture
     fingerprint: str           # SHA-256 of the inputs (see ``fingerprint``)
     options: dict              # the KernelOptions fields in _BIT_OPTIONS
+    device: str = "cpu"        # "cpu" or "cuda": where every tile is computed (bits differ)
 
     @property
     def symmetric(self) -> bool:
@@ -87,7 +88,7 @@ class StoreSpec:
     @classmethod
     def from_attrs(cls, d: dict) -> "StoreSpec":
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: d[k] for k in fields}
+        values = {k: d[k] for k in fields if k in d}
         values["kernels"] = tuple(values["kernels"])
         return cls(**values)
 
@@ -147,6 +148,13 @@ def as_kernel_dtype(dtype) -> torch.dtype:
     return table[name]
 
 
+def check_device(device: str) -> str:
+    """"cpu" or "cuda" (a worker's current CUDA device)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
 def load_arch(attrs: dict):
     """The architecture pickled into a store's attributes."""
     return pickle.loads(base64.b64decode(attrs["ntkit"]["architecture_pickle"]))
@@ -185,7 +193,7 @@ def check_compatible(path: Path, stored: StoreSpec, wanted: StoreSpec) -> None:
     labels = {"architecture": "architecture", "fingerprint": "input fingerprint (other x1/x2)",
               "dtype": "dtype", "tile": "tile size", "n1": "number of x1 rows",
               "n2": "number of x2 rows (None: x1 against itself)", "kernels": "kernels (get=)",
-              "options": "kernel options that change the bits"}
+              "options": "kernel options that change the bits", "device": "device"}
     diffs = [f"  {label}: store has {getattr(stored, k)!r}, asked for {getattr(wanted, k)!r}"
              for k, label in labels.items() if getattr(stored, k) != getattr(wanted, k)]
     if diffs:

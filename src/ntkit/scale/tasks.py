@@ -38,11 +38,14 @@ def compute_stored_tile(path: str, index: int, tile: Tile, options: KernelOption
     start = time.perf_counter()
     group, attrs, spec = _open(path)
     arch = load_arch(attrs)
-    a = torch.from_numpy(np.asarray(group["x1"][tile.r0:tile.r1]))
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"the store {path} is computed on CUDA, but this Dask worker has no "
+                           f"CUDA device")
+    a = torch.from_numpy(np.asarray(group["x1"][tile.r0:tile.r1])).to(spec.device)
     b = None
     if not tile.diagonal:
         source = group["x1"] if spec.symmetric else group["x2"]
-        b = torch.from_numpy(np.asarray(source[tile.c0:tile.c1]))
+        b = torch.from_numpy(np.asarray(source[tile.c0:tile.c1])).to(spec.device)
     with intra_op_threads(options.threads):
         values = kernel_tile(arch, a, b, options, want_ntk="ntk" in spec.kernels)
     root = Path(path)
