@@ -91,7 +91,10 @@ def test_corrupted_tiles_are_detected_and_recomputed(client, tmp_path):
     i_bytes = next(i for i, t in enumerate(plan) if (t.r0, t.c0) == (5, 5))
     chunk = path / "nngp" / group["nngp"].metadata.encode_chunk_key((1, 1))
     chunk.write_bytes(b"garbage" * 10)                                 # an unreadable chunk
+    assert open_kernel(path).verify() == sorted([i_values, i_bytes])
+    assert open_kernel(path).done.all()  # verify() changes nothing
     again = compute_kernel(mlp(), x, store=path, tile=5, client=client, progress=False)
+    assert again.verify() == []
     assert sorted(again.run.corrupt) == sorted([i_values, i_bytes])
     assert again.run.computed == sorted([i_values, i_bytes])
     assert len(again.run.reused) == len(plan) - 2

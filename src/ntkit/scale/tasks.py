@@ -67,22 +67,29 @@ def compute_stored_tile(path: str, index: int, tile: Tile, options: KernelOption
     return {"index": index, "seconds": time.perf_counter() - start}
 
 
-def verify_stored_tile(path: str, index: int, tile: Tile) -> bool:
-    """True when every kernel chunk of tile ``index`` hashes to its recorded digest; otherwise
-    the record is cleared (the tile counts as not done) and False returned."""
-    group, _, spec = _open(path)
+def tile_matches(group: zarr.Group, spec: StoreSpec, index: int, tile: Tile) -> bool:
+    """True when tile ``index`` has a done record and every kernel chunk of it hashes to the
+    recorded digest (read only)."""
     recorded = np.asarray(group["done"][index])
-    ok = bool(recorded.any())
+    if not recorded.any():
+        return False
     for k, name in enumerate(spec.kernels):
-        if not ok:
-            break
         try:
             block = np.asarray(group[name][tile.r0:tile.r1, tile.c0:tile.c1])
         except Exception:  # an unreadable (truncated, garbled) chunk
-            ok = False
-            break
-        ok = bool(np.array_equal(digest(block), recorded[k]))
-    if not ok and recorded.any():
-        group["done"][index] = np.zeros_like(recorded)
+            return False
+        if not np.array_equal(digest(block), recorded[k]):
+            return False
+    return True
+
+
+def verify_stored_tile(path: str, index: int, tile: Tile) -> bool:
+    """``tile_matches`` on the store at ``path``; a record that does not match is cleared (the
+    tile counts as not done)."""
+    group, _, spec = _open(path)
+    if tile_matches(group, spec, index, tile):
+        return True
+    if np.asarray(group["done"][index]).any():
+        group["done"][index] = 0
         fsync_chunk(Path(path), "done", group["done"], (index, 0, 0))
-    return ok
+    return False

@@ -52,6 +52,15 @@ class StoredKernel:
         """The stored architecture (unpickled: open only stores you trust)."""
         return load_arch(read_attrs(self.path))
 
+    def verify(self) -> List[int]:
+        """Indices of the tiles marked done whose chunks no longer hash to their recorded
+        SHA-256 (read in this process; changes nothing: ``compute_kernel`` recomputes them)."""
+        from .tasks import tile_matches
+        group = zarr.open_group(str(self.path), mode="r")
+        spec = self.spec
+        return [i for i in np.flatnonzero(self.done).tolist()
+                if not tile_matches(group, spec, i, self.tiles[i])]
+
     def kernel(self, name: str) -> da.Array:
         spec = self.spec
         if name not in spec.kernels:
