@@ -120,3 +120,19 @@ def test_sigkill_of_a_worker_is_survived_bit_identically(client, tmp_path):
     for name in ("nngp", "ntk"):
         assert np.array_equal(k.kernel(name).compute(), ref.kernel(name).compute())
     client.wait_for_workers(2, timeout=60)
+
+
+def test_a_store_killed_while_being_created_is_written_again(client, tmp_path):
+    x1, x2 = inputs(8, 10), inputs(5, 11)
+    path = tmp_path / "w.zarr"
+    ref = compute_kernel(mlp(), x1, x2, store=path, tile=4, client=client, progress=False)
+    want = ref.nngp.compute()
+    group = zarr.open_group(str(path), mode="r+")
+    meta = dict(group.attrs["ntkit"], state="writing")   # as if killed before "ready"
+    group.attrs.update({"ntkit": meta})
+    group["x2"][...] = 0.0                                # inputs half written
+    assert not open_kernel(path).done.any()
+    again = compute_kernel(mlp(), x1, x2, store=path, tile=4, client=client, progress=False)
+    assert again.meta["state"] == "ready" and again.run.computed == [0, 1, 2, 3]
+    assert np.array_equal(np.asarray(zarr.open_group(str(path), mode="r")["x2"][...]), x2)
+    assert np.array_equal(again.nngp.compute(), want)
