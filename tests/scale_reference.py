@@ -1,6 +1,6 @@
 """Closed-form NNGP/NTK of Linear(W0, b0) -> ReLU -> Linear(W1, b1) (NTK parameterization) in
 float64 numpy: the arc-cosine kernel of Cho & Saul 2009, NTK recursion of Jacot et al. 2018
-(Lee et al. 2019, eq. 7): Θ = K2 + W1² · K̇ · Θ0, with Θ0 = K0. An independent reference for the
+(Lee et al. 2019, eq. 7): Θ = K2 + W1² · K̇ · Θ0, with Θ0 = K0. An independent reference for
 tests of ntkit.scale (no ntkit code involved)."""
 import numpy as np
 

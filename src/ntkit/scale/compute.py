@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+import zarr
+from distributed import as_completed
 
 from .._inputs import ArrayLike, as_input_pair
 from ..engine import KernelOptions
@@ -64,8 +67,20 @@ def compute_kernel(arch, x1: ArrayLike, x2: Optional[ArrayLike] = None, *,
     """
     start = time.perf_counter()
     path = Path(store)
-    names = _kernel_names(get)
     check_client(client)
+    spec, options = _prepare(path, arch, x1, x2, tile, get, dtype, device, options)
+    with dask_client(client) as c:
+        report = _run_tiles(c, path, spec.plan(), options, tile_hook, progress)
+    report.seconds = time.perf_counter() - start
+    result = open_kernel(path)
+    result.run = report
+    return result
+
+
+def _prepare(path: Path, arch, x1, x2, tile, get, dtype, device, options):
+    """Check the arguments against each other and an existing store; create the store if
+    new (or left half-created). Returns (StoreSpec, KernelOptions)."""
+    names = _kernel_names(get)
     existing = None if is_new_location(path) else read_attrs(path)["ntkit"]
     t1, t2 = as_input_pair(x1, x2)
     if t1.ndim > 2:
@@ -92,42 +107,45 @@ def compute_kernel(arch, x1: ArrayLike, x2: Optional[ArrayLike] = None, *,
                      dtype=str(kdtype).replace("torch.", ""), kernels=names,
                      architecture=repr(arch), fingerprint=fingerprint(a1, a2),
                      options=bit_options(options), device=device)
+    from .. import __version__
     if existing is not None:
         check_compatible(path, StoreSpec.from_attrs(existing), spec)
+        if existing.get("ntkit_version") != __version__:
+            warnings.warn(f"{path} was started by ntkit {existing.get('ntkit_version')}, "
+                          f"resumed by {__version__}: tiles of the two versions may differ in "
+                          f"their last bits", stacklevel=3)
     if existing is None or existing.get("state") != "ready":
-        from .. import __version__
         write_new(path, spec, arch, a1, a2, __version__)
-    plan = spec.plan()
+    return spec, options
+
+
+def _run_tiles(client, path: Path, plan, options: KernelOptions, hook, progress: bool
+               ) -> RunReport:
+    """Check the recorded tiles' digests, then compute the others, one task per tile."""
     report = RunReport()
-    with dask_client(client) as c:
-        import zarr
-        marked = np.flatnonzero(done_digests(zarr.open_group(str(path), mode="r"))
-                                .reshape(len(plan), -1).any(axis=1)).tolist()
-        where = str(path.resolve())
-        if marked:
-            checks = c.map(verify_stored_tile, [where] * len(marked), marked,
-                           [plan[i] for i in marked], pure=False)
-            valid = c.gather(checks)
-            report.corrupt = [i for i, ok in zip(marked, valid) if not ok]
-            report.reused = [i for i, ok in zip(marked, valid) if ok]
-        todo = sorted(set(range(len(plan))) - set(report.reused))
-        bar = _progress_bar(progress, len(plan), len(plan) - len(todo))
-        futures = c.map(compute_stored_tile, [where] * len(todo), todo,
-                        [plan[i] for i in todo], options=options, hook=tile_hook, pure=False)
-        try:
-            from distributed import as_completed
-            for fut in as_completed(futures):
-                report.computed.append(fut.result()["index"])
-                if bar is not None:
-                    bar.update(1)
-        except BaseException:
-            c.cancel(futures)
-            raise
-        finally:
+    marked = np.flatnonzero(done_digests(zarr.open_group(str(path), mode="r"))
+                            .reshape(len(plan), -1).any(axis=1)).tolist()
+    where = str(path.resolve())
+    if marked:
+        checks = client.map(verify_stored_tile, [where] * len(marked), marked,
+                            [plan[i] for i in marked], pure=False)
+        valid = client.gather(checks)
+        report.corrupt = [i for i, ok in zip(marked, valid) if not ok]
+        report.reused = [i for i, ok in zip(marked, valid) if ok]
+    todo = sorted(set(range(len(plan))) - set(report.reused))
+    bar = _progress_bar(progress, len(plan), len(plan) - len(todo))
+    futures = client.map(compute_stored_tile, [where] * len(todo), todo,
+                         [plan[i] for i in todo], options=options, hook=hook, pure=False)
+    try:
+        for fut in as_completed(futures):
+            report.computed.append(fut.result()["index"])
             if bar is not None:
-                bar.close()
+                bar.update(1)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     report.computed.sort()
-    report.seconds = time.perf_counter() - start
-    result = open_kernel(path)
-    result.run = report
-    return result
+    return report
