@@ -5,7 +5,9 @@ Inputs: seeded standard-normal vectors of dimension 784 (synthetic, the shape of
 images), float32, x1 against itself (upper-triangle tiles). Prints one JSON object: per worker
 count the cluster start time, the computation time (store creation + all tiles), tiles/s and
 kernel entries/s, the peak resident memory of each worker, and the speed-up from 1 to 2
-workers; plus the time to check a finished store's digests on resume (no tile recomputed).
+workers; plus the time to check a finished store's digests on resume (no tile recomputed),
+and the n whose kernel would take one day at the measured rates (here, and on 100 workers
+assuming linear scaling from the 1-worker rate).
 
     .venv/bin/python benchmarks/scale_kernel.py [--n 4000] [--tile 500] [--workers 1 2]
 """
@@ -70,6 +72,15 @@ def main() -> None:
     by = {r["workers"]: r for r in results}
     if 1 in by and 2 in by:
         out["speedup_1_to_2_workers"] = round(by[1]["seconds"] / by[2]["seconds"], 3)
+    # a symmetric kernel costs n(n+1)/2 entries: n for one day of work at the measured rates;
+    # 100 workers assumed to scale linearly from the 1-worker rate (an upper bound)
+    best = max(results, key=lambda r: r["entries_per_s"])
+    per_worker = min(results, key=lambda r: r["workers"])
+    rate_100 = per_worker["entries_per_s"] / per_worker["workers"] * 100
+    out["n_for_one_day"] = {
+        f"this_machine_{best['workers']}_workers": int((2 * best["entries_per_s"] * 86400) ** 0.5),
+        "cluster_100_workers_linear": int((2 * rate_100 * 86400) ** 0.5)}
+    out["store_bytes_per_n_squared"] = 4 * 2 / 2  # float32, NNGP + NTK, upper triangle
     print(json.dumps(out, indent=1))
 
 
