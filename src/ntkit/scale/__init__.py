@@ -1,0 +1,17 @@
+"""``ntkit.scale``: kernel matrices past one machine's memory, as resumable tiles in a Zarr store
+computed on a Dask cluster (issue 12, core).
+
+    from ntkit.scale import compute_kernel, open_kernel
+    compute_kernel(arch, x_train, store="K.zarr")          # a LocalCluster sized to the machine
+    compute_kernel(arch, x_train, store="K.zarr", client="tcp://host:8786")   # resumes
+    k = open_kernel("K.zarr")                              # k.nngp, k.ntk: dask arrays (n, n)
+
+The tiles are those of the kernel engine (``ntkit.engine.plan_tiles``, one triangle for a
+kernel of x1 against itself), each computed by ``ntkit.layers.kernel_tile.kernel_tile`` on a
+Dask worker that reads its rows and columns of the inputs from the store, writes its chunk and
+then records the chunk's SHA-256 (see ``ntkit.scale.store`` for the layout).
+"""
+from .compute import RunReport, compute_kernel
+from .view import StoredKernel, open_kernel
+
+__all__ = ["compute_kernel", "open_kernel", "StoredKernel", "RunReport"]
