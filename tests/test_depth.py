@@ -91,9 +91,10 @@ def true_ratio(got, got_e, ref, ref_e):
 
 
 # -- the ReLU family ----------------------------------------------------------------------------
-@pytest.mark.parametrize("depth", [1000, 10000])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("slope,w,b", [(0.0, 2.0, 0.0), (0.1, 2.0, 0.1), (0.0, 0.5, 0.0)])
+@pytest.mark.parametrize("slope,w,b,depth", [
+    (0.0, 2.0, 0.0, 1000), (0.1, 2.0, 0.1, 1000), (0.0, 0.5, 0.0, 1000),  # up, up, down
+    (0.0, 2.0, 0.0, 10000), (0.1, 2.0, 0.1, 10000)])
 def test_relu_family_deep_normalized(depth, dtype, slope, w, b):
     act = nk.ReLU() if slope == 0.0 else nk.LeakyReLU(slope)
     arch = chain(act, depth, w, b)
@@ -170,6 +171,28 @@ def test_tile_alone_equals_tile_in_assembly():
             if r != c:
                 assert torch.equal(whole.get(name)[c:c + 4, r:r + 4], expect.T)
     assert len(scales) > 1 and whole.log2_scale == max(scales)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_deep_fused_conv_chain(dtype):
+    """[Conv2d(1x1), ReLU] x 300 on 2x2 images (the fused prefix, which carries no scale, is cut
+    where it could leave the dtype's range): each position is a fully-connected network of its
+    pixel's channels, and Flatten averages the positions' kernels."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 2, 2))
+    depth = 300  # true values near 2^300: beyond float32 (and inside one fused pass)
+    arch = nk.Sequential(*[nk.Conv2d(1, 1, W_std=2.0, b_std=None), nk.ReLU()] * depth,
+                         nk.Flatten(), nk.Linear(1, W_std=2.0, b_std=None))
+    k = arch.kernel(torch.tensor(x, dtype=dtype), normalize=True, options=ONE_THREAD)
+    refs = [reference(lambda m: relu_family_map(m, 0.0), depth, 2.0, 0.0, True, x[:, :, i, j])
+            for i in range(2) for j in range(2)]
+    top = max(e for _, _, e in refs)
+    ref_k = sum(np.ldexp(r[0], r[2] - top) for r in refs) / 4
+    ref_t = sum(np.ldexp(r[1], r[2] - top) for r in refs) / 4
+    tol = 1e-9 if dtype == torch.float64 else 2e-3
+    np.testing.assert_allclose(true_ratio(k.nngp, k.log2_scale, ref_k, top), 1.0, rtol=tol)
+    np.testing.assert_allclose(true_ratio(k.ntk.diagonal(), k.log2_scale, np.diag(ref_t), top),
+                               1.0, rtol=tol)
 
 
 # -- smooth activations -------------------------------------------------------------------------

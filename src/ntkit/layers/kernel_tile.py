@@ -27,7 +27,7 @@ import torch
 
 from ..engine.options import KernelOptions
 from . import conv_native
-from ..engine.scale import mul_pow2, representable
+from ..engine.scale import log2_ceiling, log2_floor, mul_pow2, representable
 from .base import apply_chain
 from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
                          writes_input_in_place)
@@ -73,7 +73,7 @@ def regime(arch, in_shape: Tuple[int, ...]) -> str:
 
 def run_layers(layers: Sequence, state: KernelState, options: KernelOptions) -> KernelState:
     """Apply ``layers`` to an input state: a qualifying leading chain fused, the rest one by one."""
-    k = fused_length(layers, state, options)
+    k = _within_range(layers, state, fused_length(layers, state, options))
     if k:
         gap = folds_gap(layers, k, state)
         state = run_fused(layers[:k], state, options, gap)
@@ -81,6 +81,38 @@ def run_layers(layers: Sequence, state: KernelState, options: KernelOptions) -> 
     else:
         state = materialize(state)
     return apply_chain(layers[k:], state.renormalized(), first=k)
+
+
+def _within_range(layers: Sequence, state: KernelState, n_fused: int) -> int:
+    """The longest prefix (whole [Conv2d, ABReLU] pairs, at most ``n_fused`` layers) whose
+    values provably stay within the dtype's normal range, 2**20 of headroom each way: the
+    fused pass carries no scale (``KernelState.log2_scale``); the layers after it do.
+
+    Per pair, v' = h (W² C(v) + b²) with h = (a²+b²)/2, so log2 max(v, 1) grows by at most
+    max(0, log2 h(W² + b²)) and log2 min v (positive entries) falls by at most log2 h W² (a
+    bias keeps it above h b²)."""
+    if not n_fused:
+        return 0
+    dtype = state.images[0].dtype if state.cov is None else state.cov.dtype
+    top, bottom = log2_ceiling(dtype) - 20, log2_floor(dtype) + 20
+    v = torch.cat([state.var1.reshape(-1), state.var2.reshape(-1)])
+    v = v[v > 0]
+    if not v.numel():
+        return n_fused
+    hi = math.log2(max(float(v.max()), 1.0))
+    lo = math.log2(float(v.min()))
+    for n in range(0, n_fused, 2):
+        conv, act = layers[n], layers[n + 1]
+        h = act._coefs[0]
+        w2, b2 = conv.W_std ** 2, (conv.b_std or 0.0) ** 2
+        if h == 0.0 or w2 + b2 == 0.0:  # exact zeros from here on
+            return n_fused
+        hi += max(0.0, math.log2(h * (w2 + b2)))
+        low_w = math.log2(h * w2) + lo if w2 > 0 else -math.inf
+        lo = max(low_w, math.log2(h * b2) if b2 > 0 else -math.inf)
+        if hi > top or lo < bottom:
+            return n
+    return n_fused
 
 
 def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:

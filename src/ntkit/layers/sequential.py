@@ -82,7 +82,8 @@ class Sequential(Layer):
         power-of-two scale (``KernelState.log2_scale``), so nothing overflows on the way.
         ``normalize=False``: the kernels in true units, or an OverflowError when they are not
         representable in the dtype. ``normalize=True``: ``Kernels.log2_scale`` = e and
-        matrices whose 2**e multiple is the true kernel (the largest entries near 1).
+        matrices whose 2**e multiple is the true kernel (its variances kept
+        within about 2**±32).
         Activations that are not positively homogeneous (all but the ReLU family and
         Identity) need true pre-activation values and raise OverflowError where those are
         not representable.
