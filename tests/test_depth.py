@@ -128,10 +128,14 @@ def test_unrepresentable_kernel_names_normalize(dtype):
         tiny.kernel(torch.tensor(X, dtype=dtype), options=ONE_THREAD)
 
 
-def test_moderate_depth_normalized_equals_true_kernel():
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+def test_moderate_depth_normalized_equals_true_kernel(parameterization):
     """Depth 20 with W = 8: true values near 2^100, representable in float64; the scaled
-    kernel times 2**log2_scale equals the plain one and the unnormalized reference."""
-    arch = chain(nk.ReLU(), 20, 8.0, 0.3)
+    kernel times 2**log2_scale equals the plain one and the unnormalized reference (NTK,
+    standard parameterization: Θ' = n_in Σ + W² Θ + 1, n_in = 3 then 1)."""
+    arch = nk.Sequential(*[nk.Linear(1, W_std=8.0, b_std=0.3, parameterization=parameterization),
+                           nk.ReLU()] * 20,
+                         nk.Linear(1, W_std=8.0, b_std=0.3, parameterization=parameterization))
     x = torch.tensor(X)
     plain = arch.kernel(x, options=ONE_THREAD)
     scaled = arch.kernel(x, normalize=True, options=ONE_THREAD)
@@ -142,8 +146,12 @@ def test_moderate_depth_normalized_equals_true_kernel():
     k = X @ X.T / 3
     t = None
     for layer in range(21):  # plain float64 recursion in true units
+        if parameterization == "standard":
+            n_in = 3 if t is None else 1
+            t = n_in * k + 1 if t is None else n_in * k + 64 * t + 1
         k = 64 * k + 0.09
-        t = k.copy() if t is None else 64 * t + k
+        if parameterization == "ntk":
+            t = k.copy() if t is None else 64 * t + k
         if layer < 20:
             k, dot = relu_family_map(k, 0.0)
             t = t * dot
@@ -193,6 +201,30 @@ def test_deep_fused_conv_chain(dtype):
     np.testing.assert_allclose(true_ratio(k.nngp, k.log2_scale, ref_k, top), 1.0, rtol=tol)
     np.testing.assert_allclose(true_ratio(k.ntk.diagonal(), k.log2_scale, np.diag(ref_t), top),
                                1.0, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_deep_residual(dtype):
+    """1,000 blocks x + Linear(ReLU(x)) (W = 1.5, b = 0.1): kernels grow by about 2^0.7 a
+    block; the branch and the identity are summed at a common scale.
+    Σ' = Σ + W² Σ_relu + b²,  Θ' = Θ + W² Θ Σ̇ + W² Σ_relu + b²."""
+    depth, w, b = 1000, 1.5, 0.1
+    block = nk.Residual(nk.Sequential(nk.ReLU(), nk.Linear(1, W_std=w, b_std=b)))
+    arch = nk.Sequential(nk.Linear(1, W_std=w, b_std=b), *[block] * depth)
+    k = arch.kernel(torch.tensor(X, dtype=dtype), normalize=True, options=ONE_THREAD)
+    m = X @ X.T / 3 * w * w + b * b
+    t, e = m.copy(), 0
+    for _ in range(depth):
+        r, dot = relu_family_map(m, 0.0)
+        branch = w * w * r + math.ldexp(b * b, -e)
+        m, t = m + branch, t + w * w * t * dot + branch
+        shift = math.frexp(np.diag(m).max())[1] - 1
+        m, t, e = m / 2.0 ** shift, t / 2.0 ** shift, e + shift
+    assert e > 600
+    tol = 1e-8 if dtype == torch.float64 else 2e-3
+    np.testing.assert_allclose(true_ratio(k.nngp, k.log2_scale, m, e), 1.0, rtol=tol)
+    np.testing.assert_allclose(true_ratio(k.ntk.diagonal(), k.log2_scale, np.diag(t), e), 1.0,
+                               rtol=tol)
 
 
 # -- smooth activations -------------------------------------------------------------------------
