@@ -23,7 +23,8 @@ class Kernels:
         normalized kernel was asked for (``Sequential.kernel(..., normalize=True)``), where
         deep networks' kernels would overflow or underflow the dtype (a depth-1,000 ReLU
         network with W_std=2 has values near 2**1000). Ratios of entries, eigenvectors and
-        kernel-regression predictions do not depend on it.
+        kernel-regression predictions do not depend on it (a ridge added to the matrices is
+        in their scaled units). See docs/conventions.md, section 10.
     """
 
     nngp: torch.Tensor
