@@ -38,19 +38,19 @@ it straight into its padded buffers instead).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 import torch
 
-from ..engine.scale import log2_ceiling, mul_pow2, representable
+from ..engine.scale import mul_pow2, representable
 
 #: stored variances are kept within [2**-RENORM_BITS, 2**RENORM_BITS] by ``renormalized``
 RENORM_BITS = 32
 #: a constant added to stored values (a bias) is at most 2**CONSTANT_BITS: beyond, the state is
 #: first rescaled to the constant's scale (the stored values then underflow harmlessly)
 CONSTANT_BITS = 64
+
 
 @dataclass
 class KernelState:
@@ -130,7 +130,9 @@ class KernelState:
                 f"{who}: the pre-activation variance is 2^{k:.1f} (stored at scale "
                 f"2^{self.log2_scale}); un-normalized values are not representable in "
                 f"{str(dtype).replace('torch.', '')}, and this activation needs them (its kernel "
-                f"map is not homogeneous); use smaller W_std/b_std or a shallower network")
+                f"map is not homogeneous); use "
+                + ("smaller W_std/b_std" if k > 0 else "a larger W_std or a bias (b_std > 0)")
+                + " or fewer layers")
         return self.at_scale(0)
 
     def scaled_constant(self, c: float) -> Tuple["KernelState", float]:
@@ -142,10 +144,7 @@ class KernelState:
         state = self
         if math.log2(c) - self.log2_scale > CONSTANT_BITS:
             state = self.at_scale(round(math.log2(c)))
-        e = math.log2(c) - state.log2_scale
-        if e < -log2_ceiling(torch.float64):
-            return state, 0.0
-        return state, math.ldexp(c, -state.log2_scale)
+        return state, math.ldexp(c, -state.log2_scale)  # a negligible c underflows to 0
 
     def broadcast_vars(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """var1 and var2 reshaped so that they broadcast against ``cov`` entry by entry."""
