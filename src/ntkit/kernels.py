@@ -18,10 +18,18 @@ class Kernels:
     ntk : torch.Tensor or None, shape (n1, n2)
         Θ(x, x') = <∂f(x)/∂θ, ∂f(x')/∂θ> in the infinite-width limit. None when the
         architecture has no trainable parameter.
+    log2_scale : int
+        The true kernels are 2**log2_scale times ``nngp`` and ``ntk``. Always 0 unless the
+        normalized kernel was asked for (``Sequential.kernel(..., normalize=True)``), where
+        deep networks' kernels would overflow or underflow the dtype (a depth-1,000 ReLU
+        network with W_std=2 has values near 2**1000). Ratios of entries, eigenvectors and
+        kernel-regression predictions do not depend on it (a ridge added to the matrices is
+        in their scaled units). See docs/conventions.md, section 10.
     """
 
     nngp: torch.Tensor
     ntk: Optional[torch.Tensor]
+    log2_scale: int = 0
 
     def get(self, name: str) -> torch.Tensor:
         """Return ``self.nngp`` or ``self.ntk`` by name ('nngp' or 'ntk')."""

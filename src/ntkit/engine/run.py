@@ -8,8 +8,14 @@ import torch
 
 from .options import KernelOptions
 from .plan import Tile, plan_tiles
+from .scale import mul_pow2
+
+#: the name of a tile's (and the result's) power-of-two scale entry
+SCALE_KEY = "log2_scale"
 
 #: tile_fn(a, b, options) -> {name: tensor (ra, rb, *tail)}; b is None on a diagonal tile.
+#: A tile may add SCALE_KEY: a 0-dim integer tensor e, its matrices then being 2**e times the
+#: true values (``compute_tiles`` brings all tiles to a common scale).
 TileFn = Callable[[torch.Tensor, Optional[torch.Tensor], KernelOptions], Dict[str, torch.Tensor]]
 #: progress(done_tiles, total_tiles)
 Progress = Callable[[int, int], None]
@@ -57,6 +63,11 @@ def compute_tiles(tile_fn: TileFn, x1: torch.Tensor, x2: Optional[torch.Tensor],
     plan's order by ``tile_fn`` (see ``ntkit.engine``), ``progress(done, total)`` after each.
     A tile's values depend only on its rows, its columns and ``options``: whatever the plan,
     the assembled matrices agree to rounding, and the same plan gives the same bits.
+
+    Scaled tiles: when tiles return SCALE_KEY (e, 0-dim), the result holds SCALE_KEY = the
+    largest tile scale E and every tile's matrices times 2**(e - E) (exact; values of a tile
+    far below the largest may underflow to 0), so that the true kernels are 2**E times the
+    returned matrices.
     """
     options = options or KernelOptions()
     n1 = x1.shape[0]
@@ -64,9 +75,12 @@ def compute_tiles(tile_fn: TileFn, x1: torch.Tensor, x2: Optional[torch.Tensor],
     plan = list(tiles) if tiles is not None else plan_tiles(n1, n2, rows, cols)
     out: Dict[str, torch.Tensor] = {}
     total = len(plan)
+    scales = []
     with intra_op_threads(options.threads):
         for done, tile in enumerate(plan, 1):
-            values = compute_tile(tile_fn, x1, x2, tile, options)
+            values = dict(compute_tile(tile_fn, x1, x2, tile, options))
+            if SCALE_KEY in values:
+                scales.append((tile, int(values.pop(SCALE_KEY))))
             for name, block in values.items():
                 if name not in out:
                     size2 = n1 if n2 is None else n2
@@ -77,4 +91,22 @@ def compute_tiles(tile_fn: TileFn, x1: torch.Tensor, x2: Optional[torch.Tensor],
                     dest[tile.c0:tile.c1, tile.r0:tile.r1] = mirror(block)
             if progress is not None:
                 progress(done, total)
+    if scales:
+        _common_scale(out, scales, n2 is None)
     return out
+
+
+def _common_scale(out: Dict[str, torch.Tensor], scales, symmetric: bool) -> None:
+    """In place: each tile's entries of ``out`` times 2**(e - E), E the largest tile scale e;
+    out[SCALE_KEY] = E (0-dim int64)."""
+    top = max(e for _, e in scales)
+    for tile, e in scales:
+        if e == top:
+            continue
+        for dest in out.values():
+            block = dest[tile.r0:tile.r1, tile.c0:tile.c1]
+            block.copy_(mul_pow2(block, e - top))
+            if symmetric and not tile.diagonal:
+                mirrored = dest[tile.c0:tile.c1, tile.r0:tile.r1]
+                mirrored.copy_(mul_pow2(mirrored, e - top))
+    out[SCALE_KEY] = torch.tensor(top, dtype=torch.int64)

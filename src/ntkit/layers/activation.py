@@ -27,6 +27,10 @@ class Activation(Layer):
     ``var_moment``."""
 
     name = "Activation"
+    #: True when φ is positively homogeneous of degree 1 (φ(λx) = λφ(x), λ > 0: the ReLU
+    #: family, Identity): its maps then commute with the state's scale (``state.log2_scale``)
+    #: and apply to the stored values as they are; other activations need true values.
+    homogeneous: bool = False
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -47,6 +51,8 @@ class Activation(Layer):
         raise NotImplementedError
 
     def apply(self, state: KernelState) -> KernelState:
+        if not self.homogeneous:
+            state = state.unnormalized(repr(self))
         v1, v2 = state.broadcast_vars()
         need_dot = state.ntk is not None
         nngp, dot, dist = self.pair_moments(state.cov, v1, v2, state.dist, need_dot)

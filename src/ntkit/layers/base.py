@@ -2,7 +2,7 @@
 build the finite torch module with the same parameterization."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
@@ -48,3 +48,17 @@ def check_parameterization(parameterization: str) -> str:
     if p not in ("ntk", "standard"):
         raise ValueError(f"unknown parameterization {parameterization!r}: expected 'ntk' or 'standard'")
     return p
+
+
+def apply_chain(layers: Sequence[Layer], state: KernelState, first: int = 0) -> KernelState:
+    """Apply ``layers`` in order, the state renormalized after each (``KernelState
+    .renormalized``: exact power-of-two rescaling, so deep kernels neither overflow nor
+    underflow). ``first`` is the depth of ``layers[0]`` in the architecture; an OverflowError
+    of a layer is re-raised naming the layer and its depth."""
+    for k, layer in enumerate(layers, first):
+        try:
+            state = layer.apply(state)
+        except OverflowError as err:
+            raise OverflowError(f"layer {k} ({type(layer).__name__}): {err}") from None
+        state = state.renormalized()
+    return state

@@ -9,6 +9,7 @@ from torch import nn
 from .finite import NTKConv2d
 from .base import Layer, check_parameterization
 from .hyper import check_optional_scale, check_scale, check_width
+from .dense import bias_constants
 from .conv_ops import check_padding, conv_map, pad_amounts
 from .state import KernelState
 
@@ -71,15 +72,16 @@ class Conv2d(Layer):
             raise ValueError("Conv2d needs image inputs (N, C, H, W); it got a flat state "
                              "(after Flatten/GlobalAvgPool2d or on flat inputs)")
         w2 = self.W_std ** 2
-        b2 = 0.0 if self.b_std is None else self.b_std ** 2
         trains = self.trainable and state.track_ntk
+        state, b2, one = bias_constants(state, self.b_std, trains and
+                                        self.parameterization == "standard")
         cov_u = self._c(state.cov, state.spatial)
         ntk = state.ntk
         if trains and self.parameterization == "standard":
             kh, kw = self.kernel_size
             own = cov_u * float(state.width * kh * kw)
             if self.b_std is not None:
-                own.add_(1.0)
+                own.add_(one)
             ntk = own if ntk is None else own.add_(self._c(ntk, state.spatial), alpha=w2)
         elif ntk is not None:
             ntk = self._c(ntk, state.spatial).mul_(w2)

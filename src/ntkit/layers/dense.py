@@ -1,6 +1,8 @@
 """Fully-connected layer."""
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Tuple
 
 import torch
@@ -10,6 +12,19 @@ from .finite import NTKLinear
 from .base import Layer, check_parameterization
 from .hyper import check_optional_scale, check_scale, check_width
 from .state import KernelState
+
+
+def bias_constants(state: KernelState, b_std: Optional[float], standard_ntk: bool
+                   ) -> Tuple[KernelState, float, float]:
+    """(state, b_std², 1) in the state's stored units (``KernelState.scaled_constant``): the
+    constants an affine layer adds to the NNGP (b_std²) and, in the standard parameterization,
+    to the NTK (1 for the bias gradient; returned as 0 where it is not added). The state is rescaled first if they dominate it."""
+    b2 = 0.0 if b_std is None else float(b_std) ** 2
+    if state.log2_scale == 0 and b2 <= 1.0:
+        return state, b2, 1.0
+    one = 1.0 if standard_ntk and b_std is not None else 0.0
+    state, _ = state.scaled_constant(max(b2, one))
+    return state, math.ldexp(b2, -state.log2_scale), math.ldexp(one, -state.log2_scale)
 
 
 def _affine_(t: torch.Tensor, w2: float, b2: float) -> torch.Tensor:
@@ -49,14 +64,15 @@ class Linear(Layer):
             raise ValueError("Linear after an image-shaped (N, C, H, W) layer: add Flatten() (or "
                              "GlobalAvgPool2d()) before the Linear layer")
         w2 = self.W_std ** 2
-        b2 = 0.0 if self.b_std is None else self.b_std ** 2
         trains = self.trainable and state.track_ntk
+        state, b2, one = bias_constants(state, self.b_std, trains and
+                                        self.parameterization == "standard")
         ntk = state.ntk
         if trains and self.parameterization == "standard":
             # gradient w.r.t. W gives n_in Σ, w.r.t. b gives 1; backprop through W gives W_std² Θ
             own = state.cov * float(state.width)
             if self.b_std is not None:
-                own.add_(1.0)
+                own.add_(one)
             ntk = own if ntk is None else own.add_(ntk, alpha=w2)
         cov = _affine_(state.cov, w2, b2)
         var1 = _affine_(state.var1, w2, b2)

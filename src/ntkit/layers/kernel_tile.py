@@ -27,6 +27,8 @@ import torch
 
 from ..engine.options import KernelOptions
 from . import conv_native
+from ..engine.scale import log2_ceiling, log2_floor, mul_pow2, representable
+from .base import apply_chain
 from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
                          writes_input_in_place)
 from .image_state import (check_images, materialize, pixel_pair_plan, pixel_pair_state,
@@ -71,16 +73,46 @@ def regime(arch, in_shape: Tuple[int, ...]) -> str:
 
 def run_layers(layers: Sequence, state: KernelState, options: KernelOptions) -> KernelState:
     """Apply ``layers`` to an input state: a qualifying leading chain fused, the rest one by one."""
-    k = fused_length(layers, state, options)
+    k = _within_range(layers, state, fused_length(layers, state, options))
     if k:
         gap = folds_gap(layers, k, state)
         state = run_fused(layers[:k], state, options, gap)
         k += 1 if gap else 0
     else:
         state = materialize(state)
-    for layer in layers[k:]:
-        state = layer.apply(state)
-    return state
+    return apply_chain(layers[k:], state.renormalized(), first=k)
+
+
+def _within_range(layers: Sequence, state: KernelState, n_fused: int) -> int:
+    """The longest prefix (whole [Conv2d, ABReLU] pairs, at most ``n_fused`` layers) whose
+    values provably stay within the dtype's normal range, 2**20 of headroom each way: the
+    fused pass carries no scale (``KernelState.log2_scale``); the layers after it do.
+
+    Per pair, v' = h (W² C(v) + b²) with h = (a²+b²)/2, so log2 max(v, 1) grows by at most
+    max(0, log2 h(W² + b²)) and log2 min v (positive entries) falls by at most log2 h W² (a
+    bias keeps it above h b²)."""
+    if not n_fused:
+        return 0
+    dtype = state.images[0].dtype if state.cov is None else state.cov.dtype
+    top, bottom = log2_ceiling(dtype) - 20, log2_floor(dtype) + 20
+    v = torch.cat([state.var1.reshape(-1), state.var2.reshape(-1)])
+    v = v[v > 0]
+    if not v.numel():
+        return n_fused
+    hi = math.log2(max(float(v.max()), 1.0))
+    lo = math.log2(float(v.min()))
+    for n in range(0, n_fused, 2):
+        conv, act = layers[n], layers[n + 1]
+        h = act._coefs[0]
+        w2, b2 = conv.W_std ** 2, (conv.b_std or 0.0) ** 2
+        if h == 0.0 or w2 + b2 == 0.0:  # exact zeros from here on
+            return n_fused
+        hi += max(0.0, math.log2(h * (w2 + b2)))
+        low_w = math.log2(h * w2) + lo if w2 > 0 else -math.inf
+        lo = max(low_w, math.log2(h * b2) if b2 > 0 else -math.inf)
+        if hi > top or lo < bottom:
+            return n
+    return n_fused
 
 
 def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
@@ -126,30 +158,63 @@ def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
 
 
 def kernel_tile(arch, a: torch.Tensor, b: Optional[torch.Tensor], options: KernelOptions, *,
-                want_ntk: bool = True) -> Dict[str, torch.Tensor]:
+                want_ntk: bool = True, normalize: bool = False) -> Dict[str, torch.Tensor]:
     """{"nngp", "ntk"} (ra, rb) of ``arch`` on a (ra, ...) against b (rb, ...) (b=None: a
-    against itself); see the module doc. The NTK is zeros when nothing is trainable."""
+    against itself); see the module doc. The NTK is zeros when nothing is trainable.
+
+    The layers carry a power-of-two scale (``KernelState.log2_scale``). ``normalize=False``:
+    the tile in true units, OverflowError when they are not representable in the dtype.
+    ``normalize=True``: the stored values and "log2_scale" (0-dim int64 tensor e): the true
+    tile is 2**e times them (``ntkit.engine.compute_tiles`` assembles such tiles)."""
     with conv_native.allowed(options.native):
-        return _kernel_tile(arch, a, b, options, want_ntk)
+        return _kernel_tile(arch, a, b, options, want_ntk, normalize)
 
 
-def _kernel_tile(arch, a, b, options, want_ntk):
+def _kernel_tile(arch, a, b, options, want_ntk, normalize):
     kind = regime(arch, tuple(a.shape[1:]))
     if kind == "flat":
-        cov, ntk = _flat_tile(arch, a, b, want_ntk)
+        cov, ntk, scale = _flat_tile(arch, a, b, want_ntk)
     else:
         check_images(a, "x1")
         with reuse_buffers():
             if kind == "same_position":
-                cov, ntk = _same_position_tile(arch, a, b, want_ntk, options)
+                cov, ntk, scale = _same_position_tile(arch, a, b, want_ntk, options)
             else:
-                cov, ntk = _pixel_pair_tile(arch, a, b, want_ntk, options)
+                cov, ntk, scale = _pixel_pair_tile(arch, a, b, want_ntk, options)
         if arch.nonsmooth:
-            _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options)
+            _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options, scale)
     out = {"nngp": cov}
     if want_ntk:
         out["ntk"] = torch.zeros_like(cov) if ntk is None else ntk
-    return out
+    return _in_units(out, scale, normalize)
+
+
+def _in_units(out: Dict[str, torch.Tensor], scale: int, normalize: bool
+              ) -> Dict[str, torch.Tensor]:
+    """The tile's matrices checked finite, then in true units (``normalize=False``) or with
+    their scale as "log2_scale" (``normalize=True``)."""
+    for name, t in out.items():
+        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+            raise OverflowError(
+                f"the {name} kernel has non-finite values: an overflow inside a layer (e.g. an "
+                f"NTK that grows geometrically with depth in the chaotic phase, which the "
+                f"state's shared scale, set by the NNGP variances, does not follow); use "
+                f"smaller W_std or fewer layers")
+    if normalize:
+        out["log2_scale"] = torch.tensor(int(scale), dtype=torch.int64)
+        return out
+    if scale == 0:
+        return out
+    dtype = out["nngp"].dtype
+    top = max(float(t.abs().max()) if t.numel() else 0.0 for t in out.values())
+    if top > 0.0 and not representable(top, scale, dtype):
+        k = math.log2(top) + scale
+        raise OverflowError(
+            f"the kernel's largest value is 2^{k:.1f}, not representable in "
+            f"{str(dtype).replace('torch.', '')} ({'overflow' if k > 0 else 'underflow'}); "
+            f"ask for the normalized kernel with kernel(..., normalize=True): the true kernel "
+            f"is then 2**Kernels.log2_scale times the returned matrices")
+    return {name: mul_pow2(t, scale) for name, t in out.items()}
 
 
 # -- flat inputs --------------------------------------------------------------------------------
@@ -181,12 +246,13 @@ def _flat_tile(arch, a, b, want_ntk):
         ii, jj = torch.nonzero(near, as_tuple=True)
         if ii.numel():
             _refine_pairs(arch, a, a if same else b, ii, jj, nngp, ntk if want_ntk else None,
-                          same, va)
-    return nngp, ntk
+                          same, va, out.log2_scale)
+    return nngp, ntk, out.log2_scale
 
 
-def _refine_pairs(arch, x1, x2, ii, jj, nngp, ntk, symmetric: bool, var1) -> None:
-    """Recompute the selected pairs on the precise path, in float64, and write them back.
+def _refine_pairs(arch, x1, x2, ii, jj, nngp, ntk, symmetric: bool, var1, scale: int) -> None:
+    """Recompute the selected pairs on the precise path, in float64, and write them back at
+    the tile's scale 2**``scale``.
 
     A pair of an input with itself (the diagonal when x2 is x1) needs no input rows: its
     distance is exactly 0 and its covariance is the input's variance ``var1``.
@@ -198,17 +264,19 @@ def _refine_pairs(arch, x1, x2, ii, jj, nngp, ntk, symmetric: bool, var1) -> Non
         state = KernelState(cov=v.clone(), var1=v, var2=v, ntk=None, width=x1.shape[1],
                             dist=torch.zeros_like(v), layout="paired", same_inputs=True,
                             track_ntk=ntk is not None)
-        _write_pairs(arch.apply(state), idx, idx, nngp, ntk, symmetric=False)
+        _write_pairs(arch.apply(state), idx, idx, nngp, ntk, False, scale)
         ii, jj = ii[~self_pair], jj[~self_pair]
     chunk = 1 << 14
     for s in range(0, ii.numel(), chunk):
         i, j = ii[s:s + chunk], jj[s:s + chunk]
         state = paired_input_state(x1[i].double(), x2[j].double())
         state.track_ntk = ntk is not None
-        _write_pairs(arch.apply(state), i, j, nngp, ntk, symmetric)
+        _write_pairs(arch.apply(state), i, j, nngp, ntk, symmetric, scale)
 
 
-def _write_pairs(out: KernelState, i, j, nngp, ntk, symmetric: bool) -> None:
+def _write_pairs(out: KernelState, i, j, nngp, ntk, symmetric: bool, scale: int) -> None:
+    """Write a precise-path state's pairs into the tile, converted to its scale 2**scale."""
+    out = out.at_scale(scale)
     values = out.cov.to(nngp.dtype)
     nngp[i, j] = values
     if symmetric:
@@ -236,9 +304,10 @@ def _near_image_pairs(a: torch.Tensor, b: Optional[torch.Tensor]):
     return torch.nonzero(near, as_tuple=True)
 
 
-def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options) -> None:
+def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options, scale: int) -> None:
     """Recompute the tile's entries of nearly equal images in float64, layer by layer, with
-    the squared distances carried (``image_state.precise_image_state``), and write them back."""
+    the squared distances carried (``image_state.precise_image_state``), and write them back
+    at the tile's scale 2**``scale``."""
     ii, jj = _near_image_pairs(a, b)
     if not ii.numel():
         return
@@ -251,7 +320,7 @@ def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options) -> None:
         state = precise_image_state(a[i].double(), other[j].double(),
                                     "diag" if kind == "same_position" else "full")
         state.track_ntk = want_ntk
-        out = run_layers(list(arch.layers), state, precise)
+        out = run_layers(list(arch.layers), state, precise).at_scale(scale)
         first = 0 if kind == "same_position" else 2 * k
         cov[i, j] = out.cov[first:first + k].to(cov.dtype)
         if ntk is not None and out.ntk is not None:
@@ -266,7 +335,7 @@ def _same_position_tile(arch, a, b, want_ntk, options):
     state = same_position_state(a, b)
     state.track_ntk = want_ntk
     out = run_layers(list(arch.layers), state, options)
-    return out.cov, out.ntk
+    return out.cov, out.ntk, out.log2_scale
 
 
 def _pixel_pair_tile(arch, a, b, want_ntk, options):
@@ -291,4 +360,4 @@ def _pixel_pair_tile(arch, a, b, want_ntk, options):
         if ntk is not None:
             ntk[idx, idx] = out.ntk[:na]
             ntk[jj, ii] = out.ntk[cross]
-    return nngp, ntk
+    return nngp, ntk, out.log2_scale

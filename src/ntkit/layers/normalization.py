@@ -26,6 +26,8 @@ not after an activation, whose outputs have a nonzero mean over channels.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Tuple
 
 import torch
@@ -69,16 +71,21 @@ class LayerNorm(Layer):
         self.axis = axis
         self.eps = eps
 
-    def _scale_vars(self, v: torch.Tensor, spatial: str) -> torch.Tensor:
+    def _scale_vars(self, v: torch.Tensor, spatial: str, eps: float) -> torch.Tensor:
         """eps + v per position, or its mean over positions (axis="all")."""
         if self.axis == "all" and spatial != "none":
             v = v.mean(dim=(-2, -1), keepdim=True).expand_as(v)
-        return v + self.eps
+        return v + eps
 
     def apply(self, state: KernelState) -> KernelState:
-        s1 = self._scale_vars(state.var1, state.spatial)
+        # homogeneous of degree 0 but for eps: map the stored values with eps in stored units
+        # (clamped: an eps that dominates them by 2**64 already gives outputs of ~0); the
+        # output is in true units (scale 0)
+        eps = math.ldexp(self.eps, -max(state.log2_scale, -900)) if self.eps else 0.0
+        eps = min(eps, 2.0 ** 100)
+        s1 = self._scale_vars(state.var1, state.spatial, eps)
         same = state.same_inputs
-        s2 = s1 if same else self._scale_vars(state.var2, state.spatial)
+        s2 = s1 if same else self._scale_vars(state.var2, state.spatial, eps)
         if bool((s1 <= 0).any()) or (not same and bool((s2 <= 0).any())):
             raise ValueError("LayerNorm with eps=0 of a unit with zero variance (e.g. a zero input "
                              "and no bias) is 0/0; use eps > 0")
@@ -91,10 +98,10 @@ class LayerNorm(Layer):
         if dist is not None:
             b1, b2 = state.replace(var1=s1, var2=s2).broadcast_vars()
             gap = (b1 - b2) / (a1 + a2)
-            dist = dist.sub_(gap * gap * (1.0 + self.eps / denom)).div_(denom).clamp_(min=0)
+            dist = dist.sub_(gap * gap * (1.0 + eps / denom)).div_(denom).clamp_(min=0)
         var1 = state.var1.div_(s1)
         var2 = var1 if same else state.var2.div_(s2)
-        return state.replace(cov=cov, ntk=ntk, dist=dist, var1=var1, var2=var2)
+        return state.replace(cov=cov, ntk=ntk, dist=dist, var1=var1, var2=var2, log2_scale=0)
 
     def out_shape(self, in_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         if len(in_shape) not in (1, 3):

@@ -42,6 +42,7 @@ class ABReLU(Activation):
     """φ(x) = a·min(x, 0) + b·max(x, 0) (neural-tangents' ``ABRelu(a, b)``); kernel in module doc."""
 
     nonsmooth = True
+    homogeneous = True
     name = "ABReLU"
 
     def __init__(self, a: float = 0.0, b: float = 1.0):

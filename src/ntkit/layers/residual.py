@@ -137,7 +137,11 @@ def _add_all(ts: List[Optional[torch.Tensor]], none_is_zero: bool) -> Optional[t
 
 
 def sum_states(outs: List[KernelState]) -> KernelState:
-    """The state of the sum of independent branches: covariances, NTKs, variances add."""
+    """The state of the sum of independent branches: covariances, NTKs, variances add (the
+    branches' outputs first brought to the largest of their scales, ``log2_scale``: exact
+    power-of-two rescaling, so a negligible branch may underflow to 0)."""
+    top = max(o.log2_scale for o in outs)
+    outs = [o.at_scale(top) for o in outs]
     first = outs[0]
     for o in outs[1:]:
         if o.spatial != first.spatial or o.layout != first.layout or o.width != first.width:

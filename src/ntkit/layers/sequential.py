@@ -10,8 +10,9 @@ from torch import nn
 
 from .._inputs import ArrayLike, as_input_pair
 from ..engine import KernelOptions, compute_tiles
+from ..engine.run import SCALE_KEY
 from ..kernels import Kernels
-from .base import Layer
+from .base import Layer, apply_chain
 from .image_state import check_images
 from .kernel_tile import kernel_tile, tile_side
 from .state import KernelState
@@ -49,9 +50,9 @@ class Sequential(Layer):
 
     # -- kernel map -------------------------------------------------------------------------
     def apply(self, state: KernelState) -> KernelState:
-        for layer in self.layers:
-            state = layer.apply(state)
-        return state
+        """The layers' maps in order, renormalized after each (``base.apply_chain``): the
+        result may carry a ``log2_scale``."""
+        return apply_chain(self.layers, state)
 
     @property
     def nonsmooth(self) -> bool:  # type: ignore[override]
@@ -65,7 +66,8 @@ class Sequential(Layer):
                get: Union[str, Sequence[str]] = ("nngp", "ntk"),
                batch_size: Optional[int] = None,
                options: Optional[KernelOptions] = None,
-               progress: Optional[Callable[[int, int], None]] = None) -> Kernels:
+               progress: Optional[Callable[[int, int], None]] = None,
+               normalize: bool = False) -> Kernels:
         """NNGP and NTK of the infinite-width network between x1 (n1, ...) and x2 (n2, ...).
 
         Inputs may be numpy arrays or torch tensors, flat (n, d) or NCHW images; the result's
@@ -75,6 +77,16 @@ class Sequential(Layer):
         inputs, from ``options.memory_budget`` for images); ``progress(done, total)`` is called
         after each tile. ``get='nngp'`` skips the NTK. ``options`` (``ntkit.engine
         .KernelOptions``) tunes how, never what, is computed; by default from the environment.
+
+        Deep kernels grow or shrink geometrically with depth; the layers carry an exact
+        power-of-two scale (``KernelState.log2_scale``), so nothing overflows on the way.
+        ``normalize=False``: the kernels in true units, or an OverflowError when they are not
+        representable in the dtype. ``normalize=True``: ``Kernels.log2_scale`` = e and
+        matrices whose 2**e multiple is the true kernel (its variances kept
+        within about 2**±32).
+        Activations that are not positively homogeneous (all but the ReLU family and
+        Identity) need true pre-activation values and raise OverflowError where those are
+        not representable.
         """
         names = (get,) if isinstance(get, str) else tuple(get)
         for name in names:
@@ -93,9 +105,12 @@ class Sequential(Layer):
         if batch_size is not None:
             opts = opts.replace(tile_size=int(batch_size))
         side = tile_side(self, t1, opts)
-        tile_fn = functools.partial(kernel_tile, self, want_ntk=want_ntk)
+        tile_fn = functools.partial(kernel_tile, self, want_ntk=want_ntk,
+                                    normalize=bool(normalize))
         out = compute_tiles(tile_fn, t1, t2, side, options=opts, progress=progress)
-        return Kernels(nngp=out["nngp"], ntk=out.get("ntk") if want_ntk else None)
+        scale = int(out.get(SCALE_KEY, 0))
+        return Kernels(nngp=out["nngp"], ntk=out.get("ntk") if want_ntk else None,
+                       log2_scale=scale)
 
     # -- finite network -----------------------------------------------------------------------
     def out_shape(self, in_shape: Tuple[int, ...]) -> Tuple[int, ...]:

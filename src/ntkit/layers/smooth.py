@@ -16,6 +16,7 @@ class Identity(Activation):
     """φ(x) = x: Σ' = Σ, Σ̇ = 1."""
 
     name = "Identity"
+    homogeneous = True
 
     def fn(self, x):
         return x

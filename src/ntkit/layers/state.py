@@ -37,10 +37,19 @@ it straight into its padded buffers instead).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 import torch
+
+from ..engine.scale import mul_pow2, representable
+
+#: stored variances are kept within [2**-RENORM_BITS, 2**RENORM_BITS] by ``renormalized``
+RENORM_BITS = 32
+#: a constant added to stored values (a bias) is at most 2**CONSTANT_BITS: beyond, the state is
+#: first rescaled to the constant's scale (the stored values then underflow harmlessly)
+CONSTANT_BITS = 64
 
 
 @dataclass
@@ -59,9 +68,83 @@ class KernelState:
     #: False when the caller asked for the NNGP only: layers then never start an NTK.
     track_ntk: bool = True
     images: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    #: true second moments = 2**log2_scale x the stored tensors (module doc)
+    log2_scale: int = 0
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)
+
+    # -- scale ----------------------------------------------------------------------------------
+    def largest_variance(self) -> float:
+        """The largest stored variance (over var1 and var2, every position), 0.0 if none."""
+        best = 0.0
+        for v in (self.var1, self.var2 if not self.same_inputs else None):
+            if v is not None and v.numel():
+                best = max(best, float(v.max()))
+        return best
+
+    def largest_value(self) -> float:
+        """The largest stored magnitude among the variances and the NTK (which bounds cov and
+        dist: |cov| <= sqrt(var1 var2), dist <= 2 (var1 + var2))."""
+        best = self.largest_variance()
+        if self.ntk is not None and self.ntk.numel():
+            best = max(best, float(self.ntk.abs().max()))
+        return best
+
+    def at_scale(self, e: int) -> "KernelState":
+        """The same state stored at scale 2**e (new tensors, multiplied by 2**(log2_scale - e):
+        exact, values far below the largest may underflow to 0)."""
+        shift = self.log2_scale - int(e)
+        if shift == 0:
+            return self
+        var1 = mul_pow2(self.var1, shift)
+        var2 = var1 if self.var2 is self.var1 else mul_pow2(self.var2, shift)
+        return self.replace(cov=mul_pow2(self.cov, shift), var1=var1, var2=var2,
+                            ntk=mul_pow2(self.ntk, shift), dist=mul_pow2(self.dist, shift),
+                            log2_scale=int(e))
+
+    def renormalized(self) -> "KernelState":
+        """The state rescaled so that its largest stored variance m is near 1 when m left
+        [2**-RENORM_BITS, 2**RENORM_BITS]: all tensors times 2**-round(log2 m), the exponent
+        added to ``log2_scale``. Unchanged otherwise (and for a lazy input state, m = 0, or a
+        non-finite m, which the kernel's final checks report)."""
+        if self.cov is None:
+            return self
+        m = self.largest_variance()
+        if not (0.0 < m < math.inf) or -RENORM_BITS <= math.log2(m) <= RENORM_BITS:
+            return self
+        return self.at_scale(self.log2_scale + round(math.log2(m)))
+
+    def unnormalized(self, who: str) -> "KernelState":
+        """The state in true units (log2_scale 0), for layers whose map is not homogeneous;
+        OverflowError naming ``who`` when the true values are not representable."""
+        if self.log2_scale == 0:
+            return self
+        dtype = self.var1.dtype
+        m = self.largest_variance()
+        top = self.largest_value()
+        if m > 0.0 and not (representable(m, self.log2_scale, dtype)
+                            and representable(top, self.log2_scale, dtype, margin=2.0)):
+            k = math.log2(m) + self.log2_scale
+            raise OverflowError(
+                f"{who}: the pre-activation variance is 2^{k:.1f} (stored at scale "
+                f"2^{self.log2_scale}); un-normalized values are not representable in "
+                f"{str(dtype).replace('torch.', '')}, and this activation needs them (its kernel "
+                f"map is not homogeneous); use "
+                + ("smaller W_std/b_std" if k > 0 else "a larger W_std or a bias (b_std > 0)")
+                + " or fewer layers")
+        return self.at_scale(0)
+
+    def scaled_constant(self, c: float) -> Tuple["KernelState", float]:
+        """(state, c') with c' = c · 2**-log2_scale the constant c (a bias variance) in the
+        state's stored units; when c' would exceed 2**CONSTANT_BITS (the constant dominates)
+        the state is first rescaled to c's scale, so nothing overflows."""
+        if c == 0.0 or (self.log2_scale == 0 and c <= 2.0 ** CONSTANT_BITS):
+            return self, c
+        state = self
+        if math.log2(c) - self.log2_scale > CONSTANT_BITS:
+            state = self.at_scale(round(math.log2(c)))
+        return state, math.ldexp(c, -state.log2_scale)  # a negligible c underflows to 0
 
     def broadcast_vars(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """var1 and var2 reshaped so that they broadcast against ``cov`` entry by entry."""
