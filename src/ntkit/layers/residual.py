@@ -211,8 +211,8 @@ class ParallelSum(Layer):
     # -- kernel map -----------------------------------------------------------------------------
     def apply(self, state: KernelState) -> KernelState:
         if state.cov is None:  # a lazy pixel-pair input state
-            from .conv_state import materialize_input
-            state = materialize_input(state)
+            from .image_state import materialize
+            state = materialize(state)
         layers = self._layers()
         has_identity = len(layers) < len(self.branches)
         outs = []
