@@ -141,3 +141,14 @@ def test_experiment_sections_render_each_status(tmp_path, report):
             "experiments.width-sweep.results.n_seeds"} <= shown
     assert "experiments/width-sweep/error.png" in parser.links
     assert 'status failed' in page and "ValueError: boom" in page and 'status skipped' in page
+
+
+def test_every_experiment_follows_the_run_contract():
+    """The demo and the command line call run(out_dir, quick=, seed=, progress=): an experiment
+    whose run lacks one of them fails there (as the three theory experiments did at merge)."""
+    import inspect
+    from ntkit import experiments
+    for name in experiments.names():
+        params = inspect.signature(experiments.get(name)).parameters
+        missing = [p for p in ("out_dir", "quick", "seed", "progress") if p not in params]
+        assert not missing, (name, missing)

@@ -40,14 +40,15 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 import ntkit as nk
 from ntkit import theory
-from ntkit.experiments.common import save_figure, standalone_main, start_run, write_results
+from ntkit.experiments.common import (progress_bar, save_figure, standalone_main, start_run,
+                                      write_results)
 from ntkit.predict import MSEDynamics, SingularKernelWarning
 
 SETTINGS = {
@@ -226,12 +227,14 @@ def plot(path: Path, results: dict) -> None:
     save_figure(fig, path)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
+        **options) -> dict:
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     unknown = [s for s in cfg["settings"] if s not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; available: {sorted(SETTINGS)}")
-    results = {name: run_setting(name, cfg, seed) for name in cfg["settings"]}
+    results = {name: run_setting(name, cfg, seed)
+               for name in progress_bar(cfg["settings"], "deep-limits settings", progress)}
     plot(out_dir / "deep_limits.png", results)
     summary = {f"{name}/{act}/{k}": e[k]["depth_agreement_95"]
                for name, r in results.items() for act, e in r["activations"].items()

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 import ntkit as nk
 from ntkit.data import default_data_dir, load_digits, load_mnist
-from ntkit.experiments.common import save_figure, standalone_main, start_run, write_results
+from ntkit.experiments.common import (progress_bar, save_figure, standalone_main, start_run,
+                                      write_results)
 from ntkit.predict import MSEDynamics
 
 FULL = {"n_train": 1000, "n_test": 2000, "width": 500, "depth": 4, "W_std": 1.0, "b_std": 0.1,
@@ -113,7 +115,8 @@ def plot(path: Path, summary: dict, x_test: np.ndarray, both: np.ndarray) -> Non
     save_figure(fig, path)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, data_dir=None, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, data_dir=None,
+        progress: Optional[bool] = None, **options) -> dict:
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     x_tr, y_tr, x_te, y_te, source = load(int(cfg["n_train"]), int(cfg["n_test"]), data_dir)
     classes = int(max(y_tr.max(), y_te.max())) + 1
@@ -129,7 +132,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, data_dir=None, **opti
     ntk_out = dyn.predict(float(cfg["steps"]), k_test_train=k_st).numpy()
     ntk_wrong = ntk_out.argmax(1) != y_te
     outputs, nets = [], []
-    for s in range(int(cfg["seeds"])):
+    for s in progress_bar(range(int(cfg["seeds"])), "error-prediction networks", progress):
         net = arch.init((x_tr.shape[1],), seed=seed * 100 + s, dtype=torch.float64)
         loss = train(net, xt, y_t, int(cfg["steps"]), lr)
         with torch.no_grad():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -88,7 +89,9 @@ def plot(path: Path, comps: dict, labels: np.ndarray, evals: dict, cfg: dict) ->
     save_figure(fig, path)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0, data_dir=None, **options) -> dict:
+def run(out_dir: Path, quick: bool = False, seed: int = 0, data_dir=None,
+        progress: Optional[bool] = None, **options) -> dict:
+    """``progress`` is accepted for the common interface: one kernel, seconds at full size."""
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     x, labels, source = load(int(cfg["n"]), data_dir)
     n, d = x.shape
