@@ -251,3 +251,15 @@ def test_nearly_equal_images_and_diagonal_against_mpmath(name, dtype, tol):
         t = 1e-8 if (name == "valid-pool" and i != j and dtype == torch.float64) else tol
         assert abs(float(k.nngp[i, j]) - float(ref_nngp)) <= t * abs(float(ref_nngp)), (i, j)
         assert abs(float(k.ntk[i, j]) - float(ref_ntk)) <= t * abs(float(ref_ntk)), (i, j)
+
+
+def test_matrices_that_would_not_fit_are_refused_before_allocation(monkeypatch):
+    """The result's size is checked against the memory available (here pretended to be 1 MB)
+    before it is allocated; the error names the sizes and ntkit.scale."""
+    from ntkit.engine import memory
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1_000_000)
+    x = torch.tensor(np.random.default_rng(0).standard_normal((300, 4)))
+    with pytest.raises(MemoryError, match=r"nngp 300 x 300.*need 1\.4 MB.*ntkit\.scale\.compute_kernel"):
+        _mlp().kernel(x)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10_000_000)
+    assert _mlp().kernel(x).ntk.shape == (300, 300)  # 1.44 MB fits

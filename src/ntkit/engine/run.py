@@ -6,6 +6,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
+from .memory import check_result_fits
 from .options import KernelOptions
 from .plan import Tile, plan_tiles
 from .scale import mul_pow2
@@ -81,10 +82,14 @@ def compute_tiles(tile_fn: TileFn, x1: torch.Tensor, x2: Optional[torch.Tensor],
             values = dict(compute_tile(tile_fn, x1, x2, tile, options))
             if SCALE_KEY in values:
                 scales.append((tile, int(values.pop(SCALE_KEY))))
+            if not out and values:  # the first tile tells the names, dtype and trailing axes
+                size2 = n1 if n2 is None else n2
+                shapes = {name: (n1, size2) + tuple(block.shape[2:])
+                          for name, block in values.items()}
+                check_result_fits(shapes, next(iter(values.values())))
+                for name, block in values.items():
+                    out[name] = block.new_empty(shapes[name])
             for name, block in values.items():
-                if name not in out:
-                    size2 = n1 if n2 is None else n2
-                    out[name] = block.new_empty((n1, size2) + tuple(block.shape[2:]))
                 dest = out[name]
                 dest[tile.r0:tile.r1, tile.c0:tile.c1] = block
                 if n2 is None and not tile.diagonal:
