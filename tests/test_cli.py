@@ -270,3 +270,29 @@ def test_fit_two_class_dataset(capsys):
     metrics = json.loads(out)
     assert metrics["n_train"] + metrics["n_test"] == 699
     assert metrics["test_accuracy"] > 0.9
+
+
+def test_kernel_to_a_zarr_store_info_and_refused_resume(tmp_path, capsys):
+    """--out K.zarr: tiles on a local Dask cluster, the same closed form as the .npz path;
+    --info reports a complete store; resuming with another architecture is a usage error."""
+    store = tmp_path / "K.zarr"
+    arch = "fc:depth=1,act=relu,W_std=1.414,b_std=0.05"
+    res = ntkit("kernel", "--arch", arch, "--data", "digits", "--n", "20", "--out", store,
+                "--batch-size", "8", "--quiet")
+    assert res.returncode == 0, res.stderr
+    from ntkit.data.registry import load_dataset
+    from ntkit.scale import open_kernel
+    ds = load_dataset("digits", n_train=20, n_test=20, seed=0)
+    nngp, ntk = relu_fc_kernels(ds.x_train, 1, 1.414, 0.05)
+    k = open_kernel(store)
+    off = ~np.eye(20, dtype=bool)
+    np.testing.assert_allclose(np.asarray(k.nngp)[off], nngp[off], rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(k.ntk)[off], ntk[off], rtol=1e-9)
+    code, out, _ = run_main(capsys, "kernel", "--info", store)
+    info = json.loads(out)
+    assert code == 0 and info["complete"] and info["tiles_done"] == info["tiles"] == 6
+    code, _, err = run_main(capsys, "kernel", "--arch", "fc:depth=2", "--data", "digits", "--n",
+                            "20", "--out", store, "--batch-size", "8", "--quiet")
+    assert code == 2 and "architecture" in err
+    code, _, err = run_main(capsys, "kernel", "--arch", arch)
+    assert code == 2 and "--data, --out (or --info STORE)" in err

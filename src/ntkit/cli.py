@@ -12,6 +12,7 @@ Exit codes: 0 success, 2 bad usage or input (message names the problem), 1 runti
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -89,11 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kernel", help="compute NNGP/NTK matrices of an architecture on a dataset",
                        description="Compute the NNGP and NTK matrices of ARCH on a dataset and "
-                                   "save them (with the row/column labels) in an .npz file.")
-    p.add_argument("--arch", required=True, help=_ARCH_HELP)
-    p.add_argument("--data", required=True, help=_DATA_HELP)
-    p.add_argument("--out", required=True, type=Path, metavar="FILE",
-                   help="output .npz file (arrays nngp, ntk, y_rows, y_cols, meta)")
+                                   "save them (with the row/column labels) in an .npz file, or "
+                                   "as tiles in a Zarr store (--out K.zarr) computed on a Dask "
+                                   "cluster and resumed where it stopped.")
+    p.add_argument("--arch", help=_ARCH_HELP + " (required unless --info)")
+    p.add_argument("--data", help=_DATA_HELP + " (required unless --info)")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="output .npz file (arrays nngp, ntk, y_rows, y_cols, meta), or a .zarr "
+                        "store (ntkit.scale: tiles on Dask; an existing store is resumed)")
+    p.add_argument("--info", type=Path, metavar="STORE",
+                   help="print what a .zarr kernel store holds and how complete it is, and exit")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="with --out K.zarr: a Dask scheduler address (default: a local cluster)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="train: K(train, train); test: K(test, train) (default: train)")
     p.add_argument("--n", type=_positive_int, default=None, metavar="N",
@@ -189,12 +197,28 @@ def _cmd_kernel(ctx: Context, args) -> int:
     from .commands.common import writable_file
     from .commands.kernel import run_kernel
 
+    if args.info is not None:
+        from .commands.kernel import store_info
+        print(json.dumps(store_info(args.info), indent=1))
+        return EXIT_OK
+    missing = [flag for flag, v in (("--arch", args.arch), ("--data", args.data),
+                                    ("--out", args.out)) if v is None]
+    if missing:
+        raise UsageError(f"ntkit kernel needs {', '.join(missing)} (or --info STORE)")
     arch = _arch(args.arch)
     out = args.out
+    get = ("nngp", "ntk") if args.kernel == "both" else (args.kernel,)
+    if out.suffix == ".zarr":
+        from .commands.kernel import run_kernel_store
+        ctx.seed_everything()
+        run_kernel_store(ctx, arch, args.arch, args.data, out, args.split, args.n, get,
+                         args.batch_size, args.scheduler)
+        return EXIT_OK
+    if args.scheduler is not None:
+        raise UsageError("--scheduler needs --out K.zarr (a Zarr kernel store)")
     if not out.is_dir() and out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")  # what np.savez would write
     writable_file(out)
-    get = ("nngp", "ntk") if args.kernel == "both" else (args.kernel,)
     ctx.seed_everything()
     run_kernel(ctx, arch, args.arch, args.data, out, args.split, args.n, get, args.batch_size)
     return EXIT_OK

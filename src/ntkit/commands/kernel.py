@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..kernels import Kernels
-from .common import Context
+from .common import Context, UsageError
 
 def compute_kernels(arch, x1: torch.Tensor, x2: Optional[torch.Tensor] = None,
                     get: Sequence[str] = ("nngp", "ntk"), batch_size: Optional[int] = None,
@@ -24,20 +24,63 @@ def compute_kernels(arch, x1: torch.Tensor, x2: Optional[torch.Tensor] = None,
         return arch.kernel(x1, x2, get=tuple(get), batch_size=batch_size, progress=progress)
 
 
-def run_kernel(ctx: Context, arch, arch_text: str, data: str, out: Path, split: str,
-               n: Optional[int], get: Tuple[str, ...], batch_size: Optional[int]) -> dict:
-    """Compute and save. ``split='train'``: K(train, train); ``split='test'``: K(test, train)
-    (the matrix a prediction needs). ``n`` keeps n rows of each split. Returns a summary."""
+def _inputs(ctx: Context, arch, data: str, split: str, n: Optional[int]):
+    """(dataset, x1, x2) of a split: train -> (train, None); test -> (test, train)."""
     from ..data.registry import inputs_for, load_dataset
 
     ds = load_dataset(data, ctx.data_dir, n_train=n, n_test=n, dtype=ctx.np_dtype, seed=ctx.seed)
     device = ctx.torch_device()
     xtr = torch.from_numpy(np.ascontiguousarray(inputs_for(arch, ds, ds.x_train))).to(device)
-    x1 = xtr
-    x2 = None
     if split == "test":
         x1 = torch.from_numpy(np.ascontiguousarray(inputs_for(arch, ds, ds.x_test))).to(device)
-        x2 = xtr
+        return ds, x1, xtr
+    return ds, xtr, None
+
+
+def run_kernel_store(ctx: Context, arch, arch_text: str, data: str, out: Path, split: str,
+                     n: Optional[int], get: Tuple[str, ...], tile: Optional[int],
+                     scheduler: Optional[str]) -> dict:
+    """The kernels as tiles of a Zarr store (``ntkit.scale.compute_kernel``): on the Dask
+    cluster at ``scheduler`` or a local one; an existing store of the same computation is
+    resumed (another architecture or other inputs are refused). Returns ``store_info``."""
+    from ..scale import compute_kernel
+    from ..scale.store import NotAKernelStore, StoreMismatch
+
+    ds, x1, x2 = _inputs(ctx, arch, data, split, n)
+    ctx.say(f"kernel: {arch_text} on {ds.name} ({split}: {x1.shape[0]} x "
+            f"{(x2 if x2 is not None else x1).shape[0]}, {ctx.dtype}) -> {out}")
+    start = time.perf_counter()
+    try:
+        compute_kernel(arch, x1, x2, store=out, tile=tile, client=scheduler, get=get,
+                       progress=not ctx.quiet)
+    except (NotAKernelStore, StoreMismatch) as err:  # the user's choice of --out: a usage error
+        raise UsageError(f"{out}: {err}") from None
+    info = store_info(out)
+    ctx.say(f"wrote {', '.join(get)} tiles to {out} in {time.perf_counter() - start:.2f} s "
+            f"({info['tiles_done']}/{info['tiles']} tiles)")
+    return info
+
+
+def store_info(store: Path) -> dict:
+    """What a Zarr kernel store holds (``ntkit.scale.open_kernel``) and how complete it is."""
+    from ..scale import open_kernel
+    from ..scale.store import NotAKernelStore
+
+    try:
+        k = open_kernel(store)
+    except NotAKernelStore as err:
+        raise UsageError(f"{store}: {err}") from None
+    meta = {key: v for key, v in k.meta.items() if isinstance(v, (str, int, float, bool, list))}
+    return {"store": str(store), "complete": bool(k.complete), "tiles": int(len(k.tiles)),
+            "tiles_done": int(np.asarray(k.done).sum()), "meta": meta}
+
+
+def run_kernel(ctx: Context, arch, arch_text: str, data: str, out: Path, split: str,
+               n: Optional[int], get: Tuple[str, ...], batch_size: Optional[int]) -> dict:
+    """Compute and save. ``split='train'``: K(train, train); ``split='test'``: K(test, train)
+    (the matrix a prediction needs). ``n`` keeps n rows of each split. Returns a summary."""
+    ds, x1, x2 = _inputs(ctx, arch, data, split, n)
+    device = x1.device
     ctx.say(f"kernel: {arch_text} on {ds.name} ({split}: {x1.shape[0]} x "
             f"{(x2 if x2 is not None else x1).shape[0]}, {ctx.dtype}, {ctx.device})")
     start = time.perf_counter()
