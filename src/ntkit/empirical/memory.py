@@ -15,21 +15,10 @@ M(b) ≤ budget; the default budget is min(2 GiB, a quarter of the memory availa
 from __future__ import annotations
 
 import math
-from typing import Optional
+
+from ..engine.memory import available_bytes
 
 DEFAULT_CAP = 2 * 2 ** 30
-
-
-def available_bytes() -> Optional[int]:
-    """MemAvailable from /proc/meminfo (Linux), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def default_budget() -> int:
