@@ -17,6 +17,21 @@ import torch
 from torch import nn
 
 
+def _draw_parameters(module: nn.Module, weight_shape, fan_in: int, W_std: float,
+                     b_std: Optional[float], parameterization: str, trainable: bool,
+                     generator: Optional[torch.Generator], dtype: torch.dtype) -> None:
+    """module.weight ~ N(0, 1) (NTK) or N(0, W_std²/fan_in) (standard), then module.bias
+    (out,) ~ N(0, 1) or N(0, b_std²), None when b_std is None; drawn from ``generator`` in
+    that order."""
+    w = torch.randn(*weight_shape, generator=generator, dtype=dtype)
+    b = None if b_std is None else torch.randn(weight_shape[0], generator=generator, dtype=dtype)
+    if parameterization == "standard":
+        w = w * (W_std / math.sqrt(fan_in))
+        b = None if b is None else b * b_std
+    module.weight = nn.Parameter(w, requires_grad=trainable)
+    module.bias = None if b is None else nn.Parameter(b, requires_grad=trainable)
+
+
 class NTKLinear(nn.Module):
     """A fully-connected layer in the NTK or standard parameterization (see module doc).
 
@@ -30,13 +45,8 @@ class NTKLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
-        w = torch.randn(out_features, in_features, generator=generator, dtype=dtype)
-        b = None if b_std is None else torch.randn(out_features, generator=generator, dtype=dtype)
-        if parameterization == "standard":
-            w = w * (W_std / math.sqrt(in_features))
-            b = None if b is None else b * b_std
-        self.weight = nn.Parameter(w, requires_grad=trainable)
-        self.bias = None if b is None else nn.Parameter(b, requires_grad=trainable)
+        _draw_parameters(self, (out_features, in_features), in_features, W_std, b_std,
+                         parameterization, trainable, generator, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.parameterization == "ntk":
@@ -99,13 +109,8 @@ class NTKConv2d(nn.Module):
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         self.fan_in = fan_in
-        w = torch.randn(out_channels, in_channels, *self.kernel_size, generator=generator, dtype=dtype)
-        b = None if b_std is None else torch.randn(out_channels, generator=generator, dtype=dtype)
-        if parameterization == "standard":
-            w = w * (W_std / math.sqrt(fan_in))
-            b = None if b is None else b * b_std
-        self.weight = nn.Parameter(w, requires_grad=trainable)
-        self.bias = None if b is None else nn.Parameter(b, requires_grad=trainable)
+        _draw_parameters(self, (out_channels, in_channels, *self.kernel_size), fan_in, W_std,
+                         b_std, parameterization, trainable, generator, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = same_or_circular_pad(x, self.kernel_size, self.stride, self.padding)

@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from .._inputs import as_input_pair
 from ..engine.options import KernelOptions
 from . import conv_native
 from ..engine.scale import log2_ceiling, log2_floor, mul_pow2, representable
@@ -113,6 +114,18 @@ def _within_range(layers: Sequence, state: KernelState, n_fused: int) -> int:
         if hi > top or lo < bottom:
             return n
     return n_fused
+
+
+def check_kernel_inputs(arch, x1, x2=None):
+    """(x1, x2) as validated tensors for ``arch``'s kernel (``_inputs.as_input_pair``; NCHW for
+    images), the layer chain checked against their shape (``out_shape``)."""
+    t1, t2 = as_input_pair(x1, x2)
+    if t1.ndim > 2:
+        check_images(t1, "x1")
+        if t2 is not None:
+            check_images(t2, "x2")
+    arch.out_shape(tuple(t1.shape[1:]))  # validates the layer chain
+    return t1, t2
 
 
 def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:

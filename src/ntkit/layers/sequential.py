@@ -8,13 +8,12 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .._inputs import ArrayLike, as_input_pair
+from .._inputs import ArrayLike
 from ..engine import KernelOptions, compute_tiles
 from ..engine.run import SCALE_KEY
 from ..kernels import Kernels
 from .base import Layer, apply_chain
-from .image_state import check_images
-from .kernel_tile import kernel_tile, tile_side
+from .kernel_tile import check_kernel_inputs, kernel_tile, tile_side
 from .state import KernelState
 
 
@@ -95,12 +94,7 @@ class Sequential(Layer):
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         want_ntk = "ntk" in names
-        t1, t2 = as_input_pair(x1, x2)
-        if t1.ndim > 2:
-            check_images(t1, "x1")
-            if t2 is not None:
-                check_images(t2, "x2")
-        self.out_shape(tuple(t1.shape[1:]))  # validates the layer chain
+        t1, t2 = check_kernel_inputs(self, x1, x2)
         opts = options if options is not None else KernelOptions.from_env()
         if batch_size is not None:
             opts = opts.replace(tile_size=int(batch_size))

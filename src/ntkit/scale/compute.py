@@ -12,10 +12,9 @@ import numpy as np
 import zarr
 from distributed import as_completed
 
-from .._inputs import ArrayLike, as_input_pair
+from .._inputs import ArrayLike
 from ..engine import KernelOptions
-from ..layers.image_state import check_images
-from ..layers.kernel_tile import tile_side
+from ..layers.kernel_tile import check_kernel_inputs, tile_side
 from .cluster import check_client, dask_client
 from .store import (KERNEL_NAMES, StoreSpec, as_kernel_dtype, bit_options, check_compatible,
                     check_device, done_digests, fingerprint, is_new_location, read_attrs, write_new)
@@ -82,12 +81,7 @@ def _prepare(path: Path, arch, x1, x2, tile, get, dtype, device, options):
     new (or left half-created). Returns (StoreSpec, KernelOptions)."""
     names = _kernel_names(get)
     existing = None if is_new_location(path) else read_attrs(path)["ntkit"]
-    t1, t2 = as_input_pair(x1, x2)
-    if t1.ndim > 2:
-        check_images(t1, "x1")
-        if t2 is not None:
-            check_images(t2, "x2")
-    arch.out_shape(tuple(t1.shape[1:]))  # validates the layer chain
+    t1, t2 = check_kernel_inputs(arch, x1, x2)
     if dtype is None and existing is not None:
         dtype = existing["dtype"]
     if device is None:
