@@ -12,6 +12,8 @@ import argparse
 import contextlib
 import json
 import math
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
@@ -54,8 +56,24 @@ def save_figure(fig, path: Path, dpi: int = 120) -> None:
     pyplot().close(fig)
 
 
+def machine_record() -> Dict:
+    """Where a run happened: platform, CPU count, load average (1, 5, 15 min) at the end of the
+    run, GPU (None without one), torch and ntkit versions."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not available on every platform
+        load = None
+    return {"platform": platform.platform(), "processor": platform.processor() or None,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": load, "gpu": gpu, "torch": torch.__version__,
+            "ntkit": nk.__version__}
+
+
 def write_results(out_dir: Path, results: Dict, indent: Optional[int] = 1) -> Dict:
-    """Write ``results`` as ``out_dir/results.json`` (creating the folder); returns it."""
+    """Write ``results`` as ``out_dir/results.json`` (creating the folder), with a ``machine``
+    record (``machine_record``) added unless present; returns it."""
+    results.setdefault("machine", machine_record())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=indent))
