@@ -32,6 +32,7 @@ from ..engine.scale import log2_ceiling, log2_floor, mul_pow2, representable
 from .base import apply_chain
 from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
                          writes_input_in_place)
+from .near_pairs import apply_precise, initial_differences
 from .image_state import (check_images, materialize, pixel_pair_plan, pixel_pair_state,
                           precise_image_state, same_position_state)
 from .state import KernelState, paired_input_state
@@ -319,8 +320,9 @@ def _near_image_pairs(a: torch.Tensor, b: Optional[torch.Tensor]):
 
 def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options, scale: int) -> None:
     """Recompute the tile's entries of nearly equal images in float64, layer by layer, with
-    the squared distances carried (``image_state.precise_image_state``), and write them back
-    at the tile's scale 2**``scale``."""
+    the squared distances carried (``image_state.precise_image_state``; for pixel pairs also
+    the difference covariances that pooling needs, ``near_pairs``), and write them back at
+    the tile's scale 2**``scale``."""
     ii, jj = _near_image_pairs(a, b)
     if not ii.numel():
         return
@@ -330,10 +332,14 @@ def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options, scale: in
     for s in range(0, ii.numel(), chunk):
         i, j = ii[s:s + chunk], jj[s:s + chunk]
         k = i.numel()
-        state = precise_image_state(a[i].double(), other[j].double(),
-                                    "diag" if kind == "same_position" else "full")
+        xa, xb = a[i].double(), other[j].double()
+        state = precise_image_state(xa, xb, "diag" if kind == "same_position" else "full")
         state.track_ntk = want_ntk
-        out = run_layers(list(arch.layers), state, precise).at_scale(scale)
+        if kind == "same_position":
+            out = run_layers(list(arch.layers), state, precise)
+        else:  # pooling between nonlinearities: difference covariances carried
+            out = apply_precise(list(arch.layers), state, *initial_differences(xa, xb))
+        out = out.at_scale(scale)
         first = 0 if kind == "same_position" else 2 * k
         cov[i, j] = out.cov[first:first + k].to(cov.dtype)
         if ntk is not None and out.ntk is not None:
