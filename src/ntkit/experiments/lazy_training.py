@@ -44,7 +44,7 @@ from .common import mse, one_thread, progress_bar, pyplot, save_figure, start_ru
 from .statistics import fit_slope_interval, rate_verdict
 from .units import Shard, UnitStore
 
-FULL = {"widths": [10, 30, 100, 300, 1000, 3000], "inits": 8, "max_steps": 20000,
+FULL = {"widths": [10, 30, 100, 300, 1000], "inits": 8, "max_steps": 20000,
         "width_min": 100}
 QUICK = {"widths": [30, 100, 300], "inits": 3, "max_steps": 3000, "width_min": 30}
 BETA = 0.1
@@ -176,7 +176,7 @@ def train_width(width: int, seed: int, x: np.ndarray, y: np.ndarray, lr: float,
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
         shard: Optional[str] = None, **options) -> dict:
-    """Widths (default 10..3000; quick 30, 100, 300), inits per width (8; quick 3), step cap
+    """Widths (default 10..1000; quick 30, 100, 300), inits per width (8; quick 3), step cap
     (20,000; quick 3,000), width_min (start of the fitted range, 100; quick 30). ``shard``
     "I/K": only this process's units (no figure, no results.json). Writes lazy_training.png and
     results.json."""
@@ -230,6 +230,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
 
 def _figure(out_dir, widths, rows, fits, stated):
     plt = pyplot()
+    from matplotlib import ticker
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     w = np.asarray(widths, float)
     panels = (("rel_weight_change", "‖w(T) − w₀‖ / ‖w₀‖", "relative weight change after "
@@ -250,7 +251,10 @@ def _figure(out_dir, widths, rows, fits, stated):
         ax.set_yscale("log")
         ax.set_xticks(widths)
         ax.set_xticklabels([str(m) for m in widths], fontsize=8)
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))   # labels in
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())                     # < 1 decade
         ax.set_xlabel("width m (both hidden layers)")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)

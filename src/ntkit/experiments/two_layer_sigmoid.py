@@ -47,7 +47,7 @@ from .statistics import fit_slope_interval, rate_verdict
 from .units import Shard, UnitStore
 
 FULL = {"widths": [50, 100, 200, 400, 800, 1600, 3200, 6400], "inits": 10, "T_lambda": 12.0,
-        "width_min": 100}
+        "width_min": 400}
 QUICK = {"widths": [32, 128, 512], "inits": 3, "T_lambda": 6.0, "width_min": 32}
 N_CHECKS = 13          # checkpoints of λ_min(K(k)) along the path
 LABELS = {"dist_to_K_inf": "to K^∞ closed form", "dist_to_G_inf": "to G^∞ closed form (control)",
@@ -130,11 +130,15 @@ def train_width(width: int, seed: int, x: np.ndarray, y: np.ndarray, eta: float,
 
 
 def _log_axis(ax, widths, ylabel: str):
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(widths)
     ax.set_xticklabels([str(w) for w in widths], rotation=45, fontsize=7)
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("width m")
     ax.set_ylabel(ylabel)
 
@@ -142,7 +146,7 @@ def _log_axis(ax, widths, ylabel: str):
 def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bool] = None,
         shard: Optional[str] = None, **options) -> dict:
     """Widths (default 50..6400; quick 32, 128, 512), inits per width (10; quick 3), training
-    time T_lambda/λ_min(K^∞) (12; quick 6), width_min (the start of the fitted range, 100;
+    time T_lambda/λ_min(K^∞) (12; quick 6), width_min (the start of the fitted range, 400;
     quick 32). ``shard`` "I/K": only this process's units (no figure, no results.json).
     Writes two_layer_sigmoid.png and results.json."""
     cfg, out_dir, start = start_run(out_dir, quick, options, QUICK, FULL)
