@@ -19,7 +19,7 @@ def _files(out, names):
     return json.loads((out / "results.json").read_text())
 
 
-# -- ntk-gp -----------------------------------------------------------------------------------------
+# -- ntk-gp ---------------------------------------------------------------------------------------
 def _spd(s: int, rng) -> np.ndarray:
     a = rng.normal(size=(s, s))
     return a @ a.T / s + 0.1 * np.eye(s)

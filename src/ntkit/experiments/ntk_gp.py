@@ -171,9 +171,10 @@ def compare(outs: np.ndarray, pred: Dict, n_test: int, **info) -> Dict:
         "ntk_prior_posterior": variance_test(outs[:, chk], pred["ntk_prior_mean"][chk],
                                              pred["ntk_prior_cov"][cc]),
     }
-    inside = (outs[:, grid] >= (mean - Z80 * std)[grid]) & (outs[:, grid] <= (mean + Z80 * std)[grid])
-    return dict(info, outs=outs[:, grid], mean=mean[grid], lo=(mean - Z80 * std)[grid],
-                hi=(mean + Z80 * std)[grid], plo=(pred["ntk_prior_mean"] - Z80 * pstd)[grid],
+    lo, hi = (mean - Z80 * std)[grid], (mean + Z80 * std)[grid]
+    inside = (outs[:, grid] >= lo) & (outs[:, grid] <= hi)
+    return dict(info, outs=outs[:, grid], mean=mean[grid], lo=lo, hi=hi,
+                plo=(pred["ntk_prior_mean"] - Z80 * pstd)[grid],
                 phi=(pred["ntk_prior_mean"] + Z80 * pstd)[grid], q10=q10, q50=q50, q90=q90,
                 variance_tests=tests, fraction_inside_80=float(inside.mean()),
                 rel_err_empirical_mean=float(np.linalg.norm(outs[:, grid].mean(0) - mean[grid])
