@@ -28,6 +28,8 @@ L = 1/(2N) Σ (f − y)² (N training points; Jacot's cost), learning rate 1.0 f
 - "poster": depth 3 (3 Linear layers, the poster's L = 3), width 100, 200 networks;
 - "paper" (Jacot et al. 2018 figure 2): depth 4, widths 50 and 1000, 10 networks each, the
   10th/50th/90th percentiles of the networks against the NTK-GP ones.
+The variance test is also run at depth-3 widths 50 and 200 (100 networks each): its factor
+should tend to 1 as the width grows (finite-width corrections are O(1/width)).
 Departures from the seed: the poster does not list its training points or the number of
 networks; four fixed targets at chosen angles and 200 networks are used here. Depth counts
 Linear layers (Jacot's L).
@@ -56,9 +58,9 @@ TRAIN_ANGLES = np.array([-2.0, -1.2, 0.4, 1.6])
 TRAIN_TARGETS = np.array([-0.4, 0.3, 0.6, -0.2])
 CHUNK = 50                         # networks per unit of the poster configuration
 FULL = {"n_nets": 200, "steps": 1000, "n_test": 81, "n_check": 8, "paper_nets": 10,
-        "paper_widths": [50, 1000]}
+        "paper_widths": [50, 1000], "trend_widths": [50, 200], "trend_nets": 100}
 QUICK = {"n_nets": 16, "steps": 100, "n_test": 21, "n_check": 8, "paper_nets": 4,
-         "paper_widths": [50, 200]}
+         "paper_widths": [50, 200], "trend_widths": [], "trend_nets": 0}
 
 
 def relu_net(depth: int, width: int) -> L.Sequential:
@@ -204,6 +206,27 @@ def _plot_band(ax, r, gammas, title: str, show_nets: int = 0, prior: bool = True
     ax.set_title(title, fontsize=8)
 
 
+def _plot_trend(ax, rows):
+    """The variance factor of the NTK-GP test against the width (depth 3), with intervals."""
+    w = [r["width"] for r in rows]
+    t = [r["variance_tests"]["ntk_gp"] for r in rows]
+    v = np.array([x["variance_factor"] for x in t])
+    err = np.abs(np.array([x["interval"] for x in t]).T - v)
+    ax.errorbar(w, v, yerr=err, fmt="o-", capsize=3, color="tab:green",
+                label="variance factor (95% interval)")
+    ax.axhline(1.0, color="k", lw=0.8, label="infinite width: 1")
+    ax.axhline(2.0, color="gray", ls=":", lw=0.8, label="a factor-2 error")
+    ax.axhline(0.5, color="gray", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(w)
+    ax.set_xticklabels([str(x) for x in w])
+    ax.minorticks_off()
+    ax.set_xlabel("width (depth 3)")
+    ax.set_ylabel("Σ z² / (n S)  (networks vs NTK-GP)")
+    ax.set_title("variance test against the width", fontsize=8)
+    ax.legend(fontsize=7)
+
+
 def _test_line(t: Dict) -> str:
     lo, hi = t["interval"]
     return f"variance factor {t['variance_factor']:.2f} [{lo:.2f}, {hi:.2f}]: {t['verdict']}"
@@ -215,7 +238,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
 
     options: n_nets (poster, default 200; quick 16), steps (1000; quick 100), n_test (grid
     points, 81; quick 21), n_check (inputs of the variance test, 8), paper_nets (10 per width,
-    as Jacot et al.; quick 4), paper_widths ((50, 1000); quick (50, 200)). ``shard`` "I/K":
+    as Jacot et al.; quick 4), paper_widths ((50, 1000); quick (50, 200)), trend_widths and
+    trend_nets (the variance test at more depth-3 widths: (50, 200) with 100 networks each;
+    quick none). ``shard`` "I/K":
     train only this process's units (no figure, no results.json); without it the missing units
     are trained and everything assembled.
     """
@@ -224,13 +249,18 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
     n_check, paper_nets = int(cfg["n_check"]), int(cfg["paper_nets"])
     paper_widths = [int(w) for w in cfg["paper_widths"]]
     chunks = [list(range(c, min(c + CHUNK, n_nets))) for c in range(0, n_nets, CHUNK)]
-    keys = [f"poster-{i}" for i in range(len(chunks))] + [f"paper-w{w}" for w in paper_widths]
+    trend_widths, trend_nets = [int(w) for w in cfg["trend_widths"]], int(cfg["trend_nets"])
+    keys = ([f"poster-{i}" for i in range(len(chunks))] + [f"paper-w{w}" for w in paper_widths]
+            + [f"trend-w{w}" for w in trend_widths])
 
     def unit(key: str):
         kind, _, which = key.partition("-")
         if kind == "poster":
             seeds = [seed * 100003 + i for i in chunks[int(which)]]
             return train_nets(3, 100, seeds, steps, n_test, n_check).tolist()
+        if kind == "trend":
+            seeds = [(seed + 2) * 100003 + i for i in range(trend_nets)]
+            return train_nets(3, int(which[1:]), seeds, steps, n_test, n_check).tolist()
         seeds = [(seed + 1) * 100003 + i for i in range(paper_nets)]
         return train_nets(4, int(which[1:]), seeds, steps, n_test, n_check).tolist()
 
@@ -243,14 +273,21 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
                 "units_total": len(keys), "partial": True}
     gammas = np.linspace(-np.pi, np.pi, n_test)
     poster_outs = np.concatenate([np.asarray(done[f"poster-{i}"]) for i in range(len(chunks))])
-    poster = compare(poster_outs, predictions(3, steps, n_test, n_check), n_test, depth=3,
-                     width=100, n_nets=n_nets)
+    poster_pred = predictions(3, steps, n_test, n_check)
+    poster = compare(poster_outs, poster_pred, n_test, depth=3, width=100, n_nets=n_nets)
+    trend = [compare(np.asarray(done[f"trend-w{w}"]), poster_pred, n_test, depth=3, width=w,
+                     n_nets=trend_nets) for w in trend_widths]
     paper_pred = predictions(4, steps, n_test, n_check)
     paper = [compare(np.asarray(done[f"paper-w{w}"]), paper_pred, n_test, depth=4, width=w,
                      n_nets=paper_nets) for w in paper_widths]
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.0, 4.6))
     tests = poster["variance_tests"]
+    if trend:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.0, 4.6),
+                                      gridspec_kw={"width_ratios": [2.3, 1]})
+        _plot_trend(ax2, sorted(trend + [poster], key=lambda r: r["width"]))
+    else:
+        fig, ax = plt.subplots(figsize=(7.0, 4.6))
     _plot_band(ax, poster, gammas,
                f"depth 3, width 100, {n_nets} networks, {steps} steps\n"
                f"vs NTK-GP: {_test_line(tests['ntk_gp'])}\n"
@@ -281,6 +318,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
         "train_angles": TRAIN_ANGLES.tolist(), "train_targets": TRAIN_TARGETS.tolist(),
         "poster": {k: poster[k] for k in keep},
         "paper": [{k: r[k] for k in keep} for r in paper],
+        "width_trend": [{k: r[k] for k in keep} for r in sorted(trend + [poster],
+                                                                 key=lambda r: r["width"])],
         "verdict": tests["ntk_gp"]["verdict"],
         "seconds": time.perf_counter() - start,
         "figures": ["ntk_gp_poster.png", "ntk_gp_paper.png"],
