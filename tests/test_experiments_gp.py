@@ -114,6 +114,7 @@ def test_two_layer_sigmoid_approaches_the_discrete_closed_form(tmp_path):
     _files(tmp_path, ["two_layer_sigmoid.png"])
     # part (a): the homework's bound holds along every trajectory, with 2λ̄ it fails everywhere
     assert res["bound_holds_everywhere"] and res["bound_with_2x_lambda_fails_everywhere"]
+    assert res["part_b_bound_holds_everywhere"]        # part (b): max_r movement ≤ C/√m
     # the slowest mode decays at the rate of λ_min(K^∞): 1 − ηλ_min within 1% at width 512
     wide = res["widths"][-1]
     assert np.allclose(wide["decay_factor"], res["predicted_decay_factor"], rtol=0.01)
