@@ -27,7 +27,7 @@ REGISTRY: Dict[str, Tuple[str, str]] = {
     "unit-circle": ("unit_circle", "Jacot et al.: NTK on the unit circle, widths 500 and 10,000, before/after training"),
     "ntk-drift": ("ntk_drift", "distance of the NTK after training from the NTK at init, against width"),
     "linearization": ("linearization", "outputs of a wide net during training vs its linearization f_t^lin"),
-    "ntk-gp": ("ntk_gp", "Jacot et al.: outputs of trained networks vs the NTK-GP mean and 80% band"),
+    "ntk-gp": ("ntk_gp", "Jacot et al.: trained networks vs the NTK-GP and the NTK-prior posterior, variance test"),
     "two-layer-sigmoid": ("two_layer_sigmoid", "seed 003: loss bound exp(-2 t lambda_min) and weight movement ~ m^-1/2"),
     "lazy-training": ("lazy_training", "seed 004: relative weight change and lazy-training ratio against width"),
     "cifar10-cntk": ("cifar10_cntk", "Arora et al. 2019: CNTK-V / CNTK-GAP on CIFAR-10, the paper's table"),
