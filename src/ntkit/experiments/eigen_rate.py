@@ -38,13 +38,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
 
 from .common import progress_bar, pyplot, save_figure, standalone_main, start_run, write_results
-from .principal_dynamics import (jacot_mlp, kernel_pca, measured_rate, mnist_digits,
-                                 principal_target, train_along_components)
+from .principal_dynamics import kernel_pca, mnist_digits, principal_target, trained_units
 from .statistics import SlopeInterval, rate_verdict
-from .units import Shard, UnitStore
 
 FULL = {"n": 128, "depth": 4, "beta": 0.1, "widths": [512, 2048], "inits": 6, "steps": 60,
         "directions": 16, "target_scale": 0.05, "lr_times_lambda1": 1.0, "dtype": "float32"}
@@ -146,7 +143,6 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
         raise ValueError(f"directions must be at least 4 (fits over 1..K and 2..K), got {k}")
     if not 0.0 < float(cfg["lr_times_lambda1"]) < 2.0:
         raise ValueError(f"lr_times_lambda1 must lie in (0, 2), got {cfg['lr_times_lambda1']}")
-    dtype = getattr(torch, cfg["dtype"])
     x, _ = mnist_digits(int(cfg["n"]), data_dir)
     if k >= len(x):
         raise ValueError(f"directions={k} must be fewer than the n={len(x)} digits")
@@ -154,26 +150,14 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
     lr = float(cfg["lr_times_lambda1"]) / float(lam[0])
     target = principal_target(v, k, float(cfg["target_scale"]))
     widths = list(cfg["widths"])
-    keys = {f"w{w}-s{s}": (w, s) for w in widths for s in range(int(cfg["inits"]))}
-
-    def unit(key: str) -> Dict:
-        w, s = keys[key]
-        t1 = time.perf_counter()
-        rec = train_along_components(jacot_mlp(w, cfg["depth"], cfg["beta"]), x, target, lam,
-                                     v, seed=seed * 1000 + s, lr=lr, steps=int(cfg["steps"]),
-                                     top=k, dtype=dtype)
-        c = np.asarray(rec["components"])
-        rec["rates"] = [measured_rate(c[:, i], lam[i], lr, lam[0]) for i in range(k)]
-        rec["seconds"] = time.perf_counter() - t1
-        return rec
-
-    store = UnitStore(out_dir, "eigen-rate", cfg, seed)
-    done = store.compute(list(keys), unit, shard=Shard.parse(shard) if shard else None,
-                         progress=lambda it: progress_bar(it, "eigen-rate", progress))
-    if shard:
-        return {"experiment": "eigen-rate", "shard": str(Shard.parse(shard)),
-                "units_done": len(done), "units_total": len(keys), "partial": True}
-    runs = {w: [done[key] for key, (ww, _) in keys.items() if ww == w] for w in widths}
+    keys = {f"w{w}-s{s}": (w, s, int(cfg["steps"])) for w in widths
+            for s in range(int(cfg["inits"]))}
+    done, partial = trained_units("eigen-rate", out_dir, cfg, seed, keys, x, target, lam, v,
+                                  lr=lr, top=k, shard=shard,
+                                  progress=lambda it: progress_bar(it, "eigen-rate", progress))
+    if partial is not None:
+        return partial
+    runs = {w: [done[key] for key, (ww, _, _) in keys.items() if ww == w] for w in widths}
     verdicts, per_width = {}, {}
     for w in widths:
         rates = np.asarray([r["rates"] for r in runs[w]])

@@ -44,13 +44,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
 
 from .common import progress_bar, pyplot, save_figure, standalone_main, start_run, write_results
-from .principal_dynamics import (jacot_mlp, kernel_pca, measured_rate, mnist_digits,
-                                 principal_target, train_along_components)
+from .principal_dynamics import kernel_pca, mnist_digits, principal_target, trained_units
 from .statistics import fit_slope_interval, rate_verdict
-from .units import Shard, UnitStore
 
 FULL = {"n": 512, "depth": 4, "beta": 0.1, "widths": [100, 300, 1000, 10000],
         "inits": [3, 3, 3, 1], "steps": [60, 60, 60, 12], "lr_times_lambda1": 1.0,
@@ -151,7 +148,6 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
         data_dir=None, shard: Optional[str] = None, **options) -> dict:
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     _checked(cfg)
-    dtype = getattr(torch, cfg["dtype"])
     x, labels = mnist_digits(int(cfg["n"]), data_dir)
     lam, v = kernel_pca(x, int(cfg["depth"]), float(cfg["beta"]))
     lr = float(cfg["lr_times_lambda1"]) / float(lam[0])
@@ -160,23 +156,11 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
     keys = {f"w{w}-s{s}": (w, s, st) for w, k, st in zip(widths, inits, steps)
             for s in range(int(k))}
 
-    def unit(key: str) -> Dict:
-        w, s, st = keys[key]
-        t1 = time.perf_counter()
-        rec = train_along_components(jacot_mlp(w, cfg["depth"], cfg["beta"]), x, target, lam,
-                                     v, seed=seed * 1000 + s, lr=lr, steps=st, top=PCS,
-                                     dtype=dtype)
-        c = np.asarray(rec["components"])
-        rec["rates"] = [measured_rate(c[:, i], lam[i], lr, lam[0]) for i in range(PCS)]
-        rec["seconds"] = time.perf_counter() - t1
-        return rec
-
-    store = UnitStore(out_dir, "ntk-principal", cfg, seed)
-    done = store.compute(list(keys), unit, shard=Shard.parse(shard) if shard else None,
-                         progress=lambda it: progress_bar(it, "ntk-principal", progress))
-    if shard:
-        return {"experiment": "ntk-principal", "shard": str(Shard.parse(shard)),
-                "units_done": len(done), "units_total": len(keys), "partial": True}
+    done, partial = trained_units("ntk-principal", out_dir, cfg, seed, keys, x, target, lam, v,
+                                  lr=lr, top=PCS, shard=shard,
+                                  progress=lambda it: progress_bar(it, "ntk-principal", progress))
+    if partial is not None:
+        return partial
     runs = {w: [done[k] for k, (ww, _, _) in keys.items() if ww == w] for w in widths}
     horizon = min(steps)
     dev = {w: [max(r["deviation"][:horizon + 1]) for r in runs[w]] for w in widths}

@@ -33,14 +33,16 @@ c_3(0) dominated by the target.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 import ntkit as nk
 from ntkit.data import default_data_dir, load_mnist
+from .units import Shard, UnitStore
 
 
 def mnist_digits(n: int, data_dir=None) -> Tuple[np.ndarray, np.ndarray]:
@@ -154,3 +156,36 @@ def measured_rate(c: np.ndarray, lam: float, lr: float, lam_max: float) -> float
     start = 0 if lam >= lam_max else fit_start(lam_max, lr, steps)
     q = fit_factor(c, start, fit_window(lam, lr, steps - start))
     return (1.0 - q) / lr
+
+
+def trained_units(experiment: str, out_dir, cfg: Dict, seed: int,
+                  units: Dict[str, Tuple[int, int, int]], x: np.ndarray, target: np.ndarray,
+                  lam: np.ndarray, v: np.ndarray, *, lr: float, top: int,
+                  shard: Optional[str] = None,
+                  progress: Optional[Callable] = None) -> Tuple[Dict[str, Dict], Optional[Dict]]:
+    """The training runs of an experiment as resumable units (``units.UnitStore`` under
+    ``out_dir/units``): ``units`` maps a key to (width, initialization, steps); each unit trains
+    ``jacot_mlp(width, cfg["depth"], cfg["beta"])`` from seed ``seed·1000 + initialization``
+    (``train_along_components`` in ``cfg["dtype"]``) and adds the measured ``rates`` along
+    v_1..v_top and its ``seconds``. Returns ({key: unit} of the finished units, None), or with a
+    ``shard`` ("i/k") the units it owns and the partial-run summary the experiment returns."""
+    dtype = getattr(torch, cfg["dtype"])
+
+    def unit(key: str) -> Dict:
+        width, init, steps = units[key]
+        t1 = time.perf_counter()
+        rec = train_along_components(jacot_mlp(width, cfg["depth"], cfg["beta"]), x, target,
+                                     lam, v, seed=seed * 1000 + init, lr=lr, steps=steps,
+                                     top=top, dtype=dtype)
+        c = np.asarray(rec["components"])
+        rec["rates"] = [measured_rate(c[:, i], lam[i], lr, lam[0]) for i in range(top)]
+        rec["seconds"] = time.perf_counter() - t1
+        return rec
+
+    part = Shard.parse(shard) if shard else None
+    done = UnitStore(out_dir, experiment, cfg, seed).compute(list(units), unit, shard=part,
+                                                             progress=progress)
+    if part is None:
+        return done, None
+    return done, {"experiment": experiment, "shard": str(part), "units_done": len(done),
+                  "units_total": len(units), "partial": True}
