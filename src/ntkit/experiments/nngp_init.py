@@ -45,8 +45,8 @@ import torch
 from scipy import stats
 
 import ntkit as nk
-from .common import progress_bar, pyplot, save_figure, sphere_inputs, standalone_main, start_run, \
-    write_results
+from .common import (one_thread, progress_bar, pyplot, save_figure, sphere_inputs,
+                     standalone_main, start_run, write_results)
 
 FULL = {"architectures": ["relu-mlp", "erf-mlp", "relu-cnn"], "nets": 4000, "width": 1024,
         "conv_channels": 256, "narrow_width": 4, "n_inputs": 6, "input_dim": 8, "image": [1, 6, 6], "alpha": 0.01,
@@ -93,10 +93,11 @@ def inputs(name: str, cfg: Dict, seed: int) -> torch.Tensor:
 def sample_outputs(arch: nk.Sequential, x: torch.Tensor, nets: int, seed: int,
                    dtype: torch.dtype, progress: Optional[bool] = None,
                    desc: str = "nets") -> np.ndarray:
-    """Outputs (nets, n) of ``arch.init(x.shape[1:], seed=seed·10⁶ + s)`` for s < nets."""
+    """Outputs (nets, n) of ``arch.init(x.shape[1:], seed=seed·10⁶ + s)`` for s < nets (on one
+    torch thread: small tensors)."""
     out = np.empty((nets, x.shape[0]))
     xx = x.to(dtype)
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         for s in progress_bar(range(nets), desc, progress):
             net = arch.init(tuple(x.shape[1:]), seed=int(seed) * 1_000_000 + s, dtype=dtype)
             out[s] = net(xx).reshape(-1).double().numpy()

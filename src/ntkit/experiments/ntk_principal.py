@@ -22,11 +22,10 @@ Departures from the paper, and why:
 * the paper's target is not in the seeds (the poster gives none); f* = a √N (v_1 + v_2 + v_3)
   makes the three plotted components start at about the same size;
 * width 10,000 on 512 digits costs about 0.6 TFLOP per step (two 10,000 × 10,000 layers, 512
-  inputs, forward and backward; about ten minutes on two busy cores): it is trained for 12
-  steps from one initialization (c_2, c_3 fall to about e^{−0.5} and e^{−0.4}), the other
-  widths for 60 steps (c_2, c_3 down to about e^{−2.3} and e^{−1.8}) from 3 initializations
-  each;
-* width 300 is added (3 initializations) so that the deviation's slope is fitted
+  inputs, forward and backward; about 27 s on one core): it is trained for 16 steps from one
+  initialization (c_2, c_3 fall to about e^{−0.6} and e^{−0.5}), the other widths for 100
+  steps (c_2, c_3 down to about e^{−3.8} and e^{−3}) from 4 initializations each;
+* width 300 is added (4 initializations) so that the deviation's slope is fitted
   over three widths with several initializations each; width 10,000 (one initialization) is
   drawn but left out of that fit;
 * float32 networks (the kernel PCA in float64).
@@ -50,7 +49,7 @@ from .principal_dynamics import kernel_pca, mnist_digits, principal_target, trai
 from .statistics import fit_slope_interval, rate_verdict
 
 FULL = {"n": 512, "depth": 4, "beta": 0.1, "widths": [100, 300, 1000, 10000],
-        "inits": [3, 3, 3, 1], "steps": [60, 60, 60, 12], "lr_times_lambda1": 1.0,
+        "inits": [4, 4, 4, 1], "steps": [100, 100, 100, 16], "lr_times_lambda1": 1.0,
         "target_components": 3, "target_scale": 0.1, "dtype": "float32"}
 QUICK = {"n": 64, "depth": 4, "beta": 0.1, "widths": [64, 256, 1024], "inits": [3, 3, 3],
          "steps": [40, 40, 40], "lr_times_lambda1": 1.0, "target_components": 3,
@@ -86,7 +85,7 @@ def plot(path: Path, cfg: Dict, lam: np.ndarray, lr: float, runs: Dict[int, List
         ax.plot(t, np.exp(-lr * lam[i] * t), ":", color="0.45", lw=1.6, label="e^(−ηλ_i t)")
         ax.set_xlabel("gradient-descent step t")
         ax.set_ylabel(f"c_{i + 1}(t) / c_{i + 1}(0)")
-        ax.set_title(f"component along v_{i + 1} (λ_{i + 1} = {lam[i]:.3g}, ηλ = {lr * lam[i]:.3f})")
+        ax.set_title(f"along v_{i + 1}: λ_{i + 1} = {lam[i]:.3g}, ηλ_{i + 1} = {lr * lam[i]:.3f}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[1, 0]                                   # the (c_2, c_3) plane, Jacot-style
@@ -100,7 +99,7 @@ def plot(path: Path, cfg: Dict, lam: np.ndarray, lr: float, runs: Dict[int, List
     ax.plot([0], [0], "k*", ms=10, label="target (residual 0)")
     ax.set_xlabel("c_2(t) = ⟨f_t − f*, v_2⟩/√N")
     ax.set_ylabel("c_3(t) = ⟨f_t − f*, v_3⟩/√N")
-    ax.set_title("residual in the plane of the 2nd and 3rd components (first init)")
+    ax.set_title("residual in the (c_2, c_3) plane, first init")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[1, 1]
@@ -121,8 +120,8 @@ def plot(path: Path, cfg: Dict, lam: np.ndarray, lr: float, runs: Dict[int, List
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("width n")
-    ax.set_ylabel(f"max over t ≤ {horizon} of ||r_t − r_t^∞|| / ||r_0||")
-    ax.set_title("deviation from the infinite-width dynamics")
+    ax.set_ylabel(f"max_(t ≤ {horizon}) ||r_t − r_t^∞|| / ||r_0||")
+    ax.set_title("deviation from the n = ∞ dynamics")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax = axes[1, 2]
@@ -135,7 +134,7 @@ def plot(path: Path, cfg: Dict, lam: np.ndarray, lr: float, runs: Dict[int, List
     ax.set_xscale("log")
     ax.set_xlabel("width n")
     ax.set_ylabel("measured rate (1 − q_i)/η  ÷  λ_i")
-    ax.set_title("rate along each component relative to λ_i")
+    ax.set_title("measured rate along v_i ÷ λ_i")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.suptitle(f"Jacot et al. Fig. 3: gradient descent along the NTK principal components, "

@@ -42,6 +42,7 @@ import torch
 
 import ntkit as nk
 from ntkit.data import default_data_dir, load_mnist
+from .common import one_thread
 from .units import Shard, UnitStore
 
 
@@ -168,7 +169,9 @@ def trained_units(experiment: str, out_dir, cfg: Dict, seed: int,
     ``jacot_mlp(width, cfg["depth"], cfg["beta"])`` from seed ``seed·1000 + initialization``
     (``train_along_components`` in ``cfg["dtype"]``) and adds the measured ``rates`` along
     v_1..v_top and its ``seconds``. Returns ({key: unit} of the finished units, None), or with a
-    ``shard`` ("i/k") the units it owns and the partial-run summary the experiment returns."""
+    ``shard`` ("i/k") the units it owns and the partial-run summary the experiment returns.
+    Training runs on one torch thread (``common.one_thread``): on a shared two-core machine
+    two threads wait on each other (a width-512 unit took 50 s on two threads, 1.5 s on one)."""
     dtype = getattr(torch, cfg["dtype"])
 
     def unit(key: str) -> Dict:
@@ -183,8 +186,9 @@ def trained_units(experiment: str, out_dir, cfg: Dict, seed: int,
         return rec
 
     part = Shard.parse(shard) if shard else None
-    done = UnitStore(out_dir, experiment, cfg, seed).compute(list(units), unit, shard=part,
-                                                             progress=progress)
+    with one_thread():
+        done = UnitStore(out_dir, experiment, cfg, seed).compute(list(units), unit, shard=part,
+                                                                 progress=progress)
     if part is None:
         return done, None
     return done, {"experiment": experiment, "shard": str(part), "units_done": len(done),
