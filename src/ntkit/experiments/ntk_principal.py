@@ -24,7 +24,10 @@ Departures from the paper, and why:
 * width 10,000 on 512 digits costs about 0.6 TFLOP per step (two 10,000 × 10,000 layers, 512
   inputs, forward and backward; about 27 s on one core): it is trained for 16 steps from one
   initialization (c_2, c_3 fall to about e^{−0.6} and e^{−0.5}), the other widths for 100
-  steps (c_2, c_3 down to about e^{−3.8} and e^{−3}) from 4 initializations each;
+  steps (c_2, c_3 down to about e^{−3.8} and e^{−3}) from 4 initializations each (the
+  low-rank weight updates of ``ntkit.empirical.lowrank_gd`` do not help here: with 512
+  inputs a step's rank-512 update costs as much as the dense one; at width 1,000 they were
+  slower, 1.5 s against 0.9 s per step);
 * width 300 is added (4 initializations) so that the deviation's slope is fitted
   over three widths with several initializations each; width 10,000 (one initialization) is
   drawn but left out of that fit;
