@@ -24,8 +24,9 @@ The target is f* = a √N Σ_{i ≤ k} v_i (each of the k leading components of 
 of f): a regression target whose components along the leading principal directions are known
 and equal. The amplitude a is of the order of the network's own outputs at initialization
 (√Σ(x, x) ≈ 0.2 for Jacot's network on MNIST pixels, Σ the NNGP kernel): a target ten times
-larger moves a width-1,000 network out of the lazy regime (its NTK grows during training and
-the components along v_2, v_3 converge about 1.5 times faster than λ_i predicts), as the
+larger moves a width-1,024 network out of the lazy regime (on 64 digits its NTK grew during
+training and the components along v_2, v_3 converged about 1.5 times faster than λ_i
+predicts), as the
 lazy-training ratio ||f_0 − f*|| ||∇²f|| / ||∇f||² of seed 004 says it should. The random
 initial function's components along v_i have variance v_iᵀ Σ v_i / N; a = 0.1 keeps c_2(0) and
 c_3(0) dominated by the target.
