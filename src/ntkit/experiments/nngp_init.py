@@ -23,11 +23,18 @@ by 1.2, the NTK Θ in place of Σ, and the NNGP of the same network with W_std �
 (width 4): a ReLU network's output is then a scale mixture of Gaussians (given the last hidden
 layer it is Gaussian with a random variance), with an excess kurtosis of order 1/width that
 the kurtosis test detects; an erf network saturates (φ² ≈ 1 for W_std = 1.5), its readout
-variance is nearly fixed, and its narrow outputs stay close to Gaussian (reported, not a
-power check). Width: 1,024 units for the MLPs, 256 channels for the CNN (6 × 6 images; 3 × 3
+variance is nearly fixed, and its narrow outputs are much closer to Gaussian (excess kurtosis
+0.1–0.6 at width 4 against 9–19 for the ReLU MLP; reported, not counted as a power check). Width: 1,024 units for the MLPs, 256 channels for the CNN (6 × 6 images; 3 × 3
 convolutions, "same" padding; a Flatten readout). The finite-width bias of
 the wide networks' covariance is O(1/width) (about 0.1% at width 1,024), far below the Monte
 Carlo error √(2/M) of S (2% at M = 4,000).
+
+Full run (``results/nngp-init``, float64, 4,000 nets per architecture, 581 s on two cores
+shared with other jobs, load about 21): the NNGP Σ is not rejected for any architecture (LR
+test p = 0.78 ReLU MLP, 0.82 erf MLP, 0.023 CNN at 256 channels; max |z| 1.3, 2.0, 2.4 against
+the Bonferroni threshold 3.49; largest entry error 2–4% of max Σ), the wide outputs pass the KS
+and kurtosis tests, and 1.2 Σ, the NTK and the NNGP with W_std × 1.1 are all rejected
+(p < 1e-59).
 
 Writes ``nngp_init.png`` and ``results.json``.
 
