@@ -36,6 +36,9 @@ REGISTRY: Dict[str, Tuple[str, str]] = {
     "kernel-pca": ("kernel_pca", "seed 002: NTK kernel PCA of 512 MNIST digits (depth 4, beta 0.1), leading eigenvalues"),
     "error-prediction": ("error_prediction", "seed 002: which test digits a trained width-500 depth-4 net gets wrong vs the NTK predictor"),
     "digits-kernels": ("digits_kernels", "NTK/NNGP kernel regression at several depths vs baselines on digits"),
+    "ntk-principal": ("ntk_principal", "Jacot et al. Fig. 3: GD along the NTK principal components of 512 MNIST digits, widths 100 to 10,000"),
+    "eigen-rate": ("eigen_rate", "seed 002: learning rate along each NTK principal direction vs its eigenvalue (slope 1)"),
+    "nngp-init": ("nngp_init", "seeds 000/004: outputs of random networks at init vs the NNGP Gaussian process"),
 }
 
 
