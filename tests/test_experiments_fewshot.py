@@ -18,6 +18,8 @@ from ntkit.experiments import cifar10_fewshot as fs, get
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NPZ = default_data_dir() / "cifar10" / "cifar10_subset.npz"
+SAVED = {"cntk14-gap": ("cntk14-gap", "ntk"), "myrtle5-nngp": ("myrtle5", "nngp"),
+         "myrtle5-ntk": ("myrtle5", "ntk")}  # kernel -> (kernels-NAME.npz, its key)
 
 
 def _labels(seed=0):
@@ -119,12 +121,13 @@ def test_quick_run_structure(quick_run):
 
 def test_quick_run_accuracies_equal_numpy_solve(quick_run):
     out, res, (_, y_tr, _, y_te) = quick_run
-    z = np.load(out / "kernels.npz")
-    pool, test = z["pool"], z["test"]
-    np.testing.assert_array_equal(test, res["test_indices"])
     checked = 0
     for kernel in fs.KERNELS:
-        k_pool, k_test = z[f"{kernel}/pool"], z[f"{kernel}/test_pool"]
+        arch, g = SAVED[kernel]
+        z = np.load(out / f"kernels-{arch}.npz")
+        pool, test = z["pool"], z["test"]
+        np.testing.assert_array_equal(test, res["test_indices"])
+        k_pool, k_test = z[f"{g}/pool"], z[f"{g}/test_pool"]
         assert k_pool.shape == (len(pool), len(pool)) and k_test.shape == (len(test), len(pool))
         for row in res["rows"]:
             n = row["n"]
@@ -138,10 +141,25 @@ def test_quick_run_accuracies_equal_numpy_solve(quick_run):
     assert checked == len(fs.KERNELS) * len(res["rows"]) * res["trials"]
 
 
+def test_rerun_reuses_the_saved_kernels(quick_run, tmp_path):
+    """save_kernels: a second run into the same folder reads the kernels back (resume) and
+    reports the same accuracies; a different test subset is not reused."""
+    import shutil
+    src, res, _ = quick_run
+    out = tmp_path / "again"
+    shutil.copytree(src, out)  # the module's run stays as it was for the other tests
+    again = get("cifar10-fewshot")(out, quick=True, seed=0, save_kernels=True, progress=False)
+    assert sorted(again["kernels_reused_from"]) == ["kernels-cntk14-gap.npz", "kernels-myrtle5.npz"]
+    assert again["rows"] == res["rows"]
+    other = get("cifar10-fewshot")(out, quick=True, seed=0, save_kernels=True, progress=False,
+                                   test_per_class=1, kernels=["myrtle5-nngp"])
+    assert other["kernels_reused_from"] == [] and other["n_test"] == 10
+
+
 def test_quick_run_pool_kernel_equals_the_trials_own_kernel(quick_run):
     """Slicing the pool kernel gives the kernel of one trial's images computed on their own."""
     out, res, (x_tr, _, x_te, _) = quick_run
-    z = np.load(out / "kernels.npz")
+    z, zm = np.load(out / "kernels-cntk14-gap.npz"), np.load(out / "kernels-myrtle5.npz")
     pool, test = z["pool"], z["test"]
     down = lambda x: x.reshape(len(x), 3, 8, 4, 8, 4).mean(axis=(3, 5))  # noqa: E731
     idx = np.asarray(res["train_indices"][1]["10"])
@@ -149,6 +167,6 @@ def test_quick_run_pool_kernel_equals_the_trials_own_kernel(quick_run):
     xs = torch.as_tensor(down(x_tr[idx]), dtype=torch.float64)
     xt = torch.as_tensor(down(x_te[test[:5]]), dtype=torch.float64)
     k = nk.cntk(14, "gap").kernel(xt, xs, get="ntk").ntk.numpy()
-    np.testing.assert_allclose(z["cntk14-gap/test_pool"][:5][:, at], k, rtol=2e-5)
+    np.testing.assert_allclose(z["ntk/test_pool"][:5][:, at], k, rtol=2e-5)
     k = nk.myrtle(5, pool_size=2).kernel(xs, get="nngp").nngp.numpy()
-    np.testing.assert_allclose(z["myrtle5-nngp/pool"][np.ix_(at, at)], k, rtol=2e-5)
+    np.testing.assert_allclose(zm["nngp/pool"][np.ix_(at, at)], k, rtol=2e-5)

@@ -158,6 +158,18 @@ def _kernel_matrices(arch, get, x_pool, x_test, bar) -> Dict[str, Tuple[np.ndarr
             for g in get}
 
 
+def _saved(path: Path, pool: np.ndarray, test: np.ndarray, get, dtype: str, size: int):
+    """The matrices of ``path`` (a previous run's kernels-NAME.npz) if it holds the same pool,
+    test images, kernels, dtype and image size; else None."""
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        same = (np.array_equal(z["pool"], pool) and np.array_equal(z["test"], test)
+                and str(z["dtype"]) == dtype and int(z["image_size"]) == size
+                and all(f"{g}/pool" in z.files for g in get))
+        return {g: (z[f"{g}/pool"], z[f"{g}/test_pool"]) for g in get} if same else None
+
+
 def trial_accuracies(k_pool: np.ndarray, k_test_pool: np.ndarray, pool: np.ndarray,
                      subsets: List[Dict[int, np.ndarray]], y_train: np.ndarray,
                      y_test: np.ndarray, diag_reg: float) -> Dict[int, List[float]]:
@@ -238,8 +250,10 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
     Options (``FULL``; None: by device, ``GPU`` or ``CPU``; ``QUICK`` for tests: 8x8 images,
     2 trials of n = 10, 20 from 3 candidates per class, 2 test images per class):
     ``n_values``, ``trials``, ``test_per_class``, ``pool_per_class``, ``kernels``,
-    ``image_size``, ``diag_reg`` (relative ridge; 0 as the paper), ``save_kernels`` (also write
-    kernels.npz: the pool and test kernels with their indices), ``threads`` (torch CPU threads
+    ``image_size``, ``diag_reg`` (relative ridge; 0 as the paper), ``save_kernels`` (write
+    each architecture's pool and test kernels, with their indices, to kernels-NAME.npz as soon
+    as computed, and reuse them when a later run into the same folder has the same images:
+    an interrupted run resumes; ``seconds`` then omits the reused ones), ``threads`` (torch CPU threads
     during the run; None: unchanged. One thread is far faster on a loaded shared machine). ``dtype`` of the kernel
     computation (the regression is float64).
     """
@@ -267,6 +281,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
 
     seconds: Dict[str, float] = {}
     matrices: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    reused: List[str] = []
     threads = torch.get_num_threads()
     if cfg["threads"] is not None:
         torch.set_num_threads(int(cfg["threads"]))
@@ -274,11 +289,21 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
     try:
         for name, (arch, get) in architectures(cfg["kernels"], size).items():
             t0 = time.perf_counter()
-            bar = progress_bar(None, f"cifar10-fewshot {name}", progress, unit="tile")
-            for g, mats in _kernel_matrices(arch, get, x_pool, x_test, bar).items():
-                matrices[f"{name}-{g}" if name == "myrtle5" else name] = mats
-            bar.close()
-            seconds[name] = time.perf_counter() - t0
+            path = out_dir / f"kernels-{name}.npz"
+            mats = _saved(path, pool, test_idx, get, str(dtype), size) if cfg["save_kernels"] else None
+            if mats is None:
+                bar = progress_bar(None, f"cifar10-fewshot {name}", progress, unit="tile")
+                mats = _kernel_matrices(arch, get, x_pool, x_test, bar)
+                bar.close()
+                seconds[name] = time.perf_counter() - t0
+            else:
+                reused.append(path.name)
+            if cfg["save_kernels"] and path.name not in reused:
+                np.savez(path, pool=pool, test=test_idx, dtype=str(dtype), image_size=size,
+                         **{f"{g}/pool": m[0] for g, m in mats.items()},
+                         **{f"{g}/test_pool": m[1] for g, m in mats.items()})
+            for g, m in mats.items():
+                matrices[f"{name}-{g}" if name == "myrtle5" else name] = m
     finally:
         torch.set_num_threads(threads)
     accs = {k: trial_accuracies(*matrices[k], pool, subsets, y_tr, y_test, float(cfg["diag_reg"]))
@@ -297,6 +322,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
     results = {
         "experiment": "cifar10-fewshot", "quick": quick, "seed": seed, "config": cfg,
         "device": str(dev), "dtype": str(dtype), "machine": machine, "seconds": seconds,
+        "kernels_reused_from": reused,
         "kernels": list(cfg["kernels"]), "trials": int(cfg["trials"]), "pool_size": int(len(pool)),
         "n_test": int(len(test_idx)), "image_size": size,
         "protocol": {
@@ -316,10 +342,6 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
     results["markdown"] = _markdown(results)
     (out_dir / "table.md").write_text(results["markdown"] + "\n")
     _plot(results, out_dir / "cifar10_fewshot.png")
-    if cfg["save_kernels"]:
-        np.savez(out_dir / "kernels.npz", pool=pool, test=test_idx,
-                 **{f"{k}/pool": m[0] for k, m in matrices.items()},
-                 **{f"{k}/test_pool": m[1] for k, m in matrices.items()})
     return write_results(out_dir, results, indent=1)
 
 
