@@ -130,12 +130,13 @@ def regression_accuracy(k_train: np.ndarray, k_test_train: np.ndarray, y_train: 
     return float(100.0 * np.mean(mean.argmax(1).numpy() == np.asarray(y_test)))
 
 
-def architectures(names: Sequence[str], image_size: int) -> Dict[str, Tuple[object, Tuple[str, ...]]]:
+def architectures(names: Sequence[str], image_size: int
+                  ) -> Dict[str, Tuple[nk.Sequential, Tuple[str, ...]]]:
     """{architecture: (nk.Sequential, kernels to get)} covering the kernel ``names``."""
     unknown = sorted(set(names) - set(KERNELS))
     if unknown or not names:
         raise ValueError(f"kernels: unknown {unknown or 'empty list'}; choose from {KERNELS}")
-    out: Dict[str, Tuple[object, Tuple[str, ...]]] = {}
+    out: Dict[str, Tuple[nk.Sequential, Tuple[str, ...]]] = {}
     if "cntk14-gap" in names:
         out["cntk14-gap"] = (nk.cntk(14, "gap"), ("ntk",))
     myrtle = tuple(g for g in ("nngp", "ntk") if f"myrtle5-{g}" in names)
@@ -170,6 +171,40 @@ def _saved(path: Path, pool: np.ndarray, test: np.ndarray, get, dtype: str, size
         return {g: (z[f"{g}/pool"], z[f"{g}/test_pool"]) for g in get} if same else None
 
 
+def _all_kernels(cfg: Dict, size: int, dtype: str, x_pool, x_test, pool: np.ndarray,
+                 test_idx: np.ndarray, out_dir: Path, progress):
+    """({kernel: (pool × pool, test × pool)}, {architecture: seconds}, [reused files]): each
+    architecture computed once (with ``cfg["threads"]`` torch threads), or read back from its
+    kernels-NAME.npz when ``save_kernels`` and it holds the same images."""
+    seconds: Dict[str, float] = {}
+    matrices: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    reused: List[str] = []
+    threads = torch.get_num_threads()
+    if cfg["threads"] is not None:
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        for name, (arch, get) in architectures(cfg["kernels"], size).items():
+            t0 = time.perf_counter()
+            path = out_dir / f"kernels-{name}.npz"
+            mats = _saved(path, pool, test_idx, get, dtype, size) if cfg["save_kernels"] else None
+            if mats is not None:
+                reused.append(path.name)
+            else:
+                bar = progress_bar(None, f"cifar10-fewshot {name}", progress, unit="tile")
+                mats = _kernel_matrices(arch, get, x_pool, x_test, bar)
+                bar.close()
+                seconds[name] = time.perf_counter() - t0
+                if cfg["save_kernels"]:
+                    np.savez(path, pool=pool, test=test_idx, dtype=dtype, image_size=size,
+                             **{f"{g}/pool": m[0] for g, m in mats.items()},
+                             **{f"{g}/test_pool": m[1] for g, m in mats.items()})
+            for g, m in mats.items():
+                matrices[f"{name}-{g}" if name == "myrtle5" else name] = m
+    finally:
+        torch.set_num_threads(threads)
+    return matrices, seconds, reused
+
+
 def trial_accuracies(k_pool: np.ndarray, k_test_pool: np.ndarray, pool: np.ndarray,
                      subsets: List[Dict[int, np.ndarray]], y_train: np.ndarray,
                      y_test: np.ndarray, diag_reg: float) -> Dict[int, List[float]]:
@@ -188,7 +223,8 @@ def trial_accuracies(k_pool: np.ndarray, k_test_pool: np.ndarray, pool: np.ndarr
 # -- output -----------------------------------------------------------------------------------
 def _machine() -> Dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average_at_start": list(load) if load else None}
@@ -253,9 +289,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
     ``image_size``, ``diag_reg`` (relative ridge; 0 as the paper), ``save_kernels`` (write
     each architecture's pool and test kernels, with their indices, to kernels-NAME.npz as soon
     as computed, and reuse them when a later run into the same folder has the same images:
-    an interrupted run resumes; ``seconds`` then omits the reused ones), ``threads`` (torch CPU threads
-    during the run; None: unchanged. One thread is far faster on a loaded shared machine). ``dtype`` of the kernel
-    computation (the regression is float64).
+    an interrupted run resumes; ``seconds`` then omits the reused ones), ``threads`` (torch
+    CPU threads during the kernels; None: unchanged; one is far faster on a loaded shared
+    machine). ``dtype``: of the kernel computation (the regression is float64).
     """
     cfg, out_dir, t_start = start_run(out_dir, quick, options, QUICK, FULL)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -279,41 +315,17 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
     as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=dev)  # noqa: E731
     x_pool, x_test, y_test = as_t(x_tr[pool]), as_t(x_te[test_idx]), y_te[test_idx]
 
-    seconds: Dict[str, float] = {}
-    matrices: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-    reused: List[str] = []
-    threads = torch.get_num_threads()
-    if cfg["threads"] is not None:
-        torch.set_num_threads(int(cfg["threads"]))
-    machine["torch_threads"] = torch.get_num_threads()
-    try:
-        for name, (arch, get) in architectures(cfg["kernels"], size).items():
-            t0 = time.perf_counter()
-            path = out_dir / f"kernels-{name}.npz"
-            mats = _saved(path, pool, test_idx, get, str(dtype), size) if cfg["save_kernels"] else None
-            if mats is None:
-                bar = progress_bar(None, f"cifar10-fewshot {name}", progress, unit="tile")
-                mats = _kernel_matrices(arch, get, x_pool, x_test, bar)
-                bar.close()
-                seconds[name] = time.perf_counter() - t0
-            else:
-                reused.append(path.name)
-            if cfg["save_kernels"] and path.name not in reused:
-                np.savez(path, pool=pool, test=test_idx, dtype=str(dtype), image_size=size,
-                         **{f"{g}/pool": m[0] for g, m in mats.items()},
-                         **{f"{g}/test_pool": m[1] for g, m in mats.items()})
-            for g, m in mats.items():
-                matrices[f"{name}-{g}" if name == "myrtle5" else name] = m
-    finally:
-        torch.set_num_threads(threads)
+    matrices, seconds, reused = _all_kernels(cfg, size, str(dtype), x_pool, x_test, pool,
+                                             test_idx, out_dir, progress)
+    machine["torch_threads"] = int(cfg["threads"] or torch.get_num_threads())
     accs = {k: trial_accuracies(*matrices[k], pool, subsets, y_tr, y_test, float(cfg["diag_reg"]))
             for k in cfg["kernels"]}
     rows = []
     for n in _check_n(cfg["n_values"]):
         stats = {k: {"mean": float(np.mean(a[n])), "std": float(np.std(a[n])), "trials": a[n]}
                  for k, a in accs.items()}
-        rows.append({"n": n, "paper_cntk": PAPER_CNTK.get(n), "paper_resnet34": PAPER_RESNET34.get(n),
-                     "accuracy": stats})
+        rows.append({"n": n, "paper_cntk": PAPER_CNTK.get(n),
+                     "paper_resnet34": PAPER_RESNET34.get(n), "accuracy": stats})
     seconds["total"] = time.perf_counter() - t_start
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     machine["load_average_at_end"] = list(load) if load else None
