@@ -24,8 +24,9 @@ no bias, GAP readout, first and last layers fixed, the NTK), "myrtle5-nngp" and 
 (``nk.myrtle(5)``, one computation for both). Each kernel is computed once, on the union of the
 trials' training sets (the pool) and the test subset: pool × pool and test × pool; every trial
 slices its rows and columns. Device "auto": CUDA when available — then the defaults are the
-whole test set and n up to 1280 — else the CPU configuration (``CPU`` below, what fits in the
-shared 2-core machine). Outputs: ``table.md``, ``results.json`` (mean ± std over trials for
+whole test set and n up to 1280, the paper's scale (some 4,000 pool × 10,000 test pairs for
+the CNTK-14: expect an hour or more of GPU time; ``pool_per_class`` and ``trials`` bound it) —
+else the CPU configuration (``CPU`` below, what fits in the shared 2-core machine). Outputs: ``table.md``, ``results.json`` (mean ± std over trials for
 each n and kernel, the per-trial accuracies, the training indices of every trial, the test
 subset, device, dtype, machine, seconds) and ``cifar10_fewshot.png``.
 """
