@@ -118,6 +118,16 @@ def test_elementwise_from_torch_function_name(x):
     ("fc:depth", 3, "depth", "key=value"),
     ("fc:act=abrelu(a,1)", 14, "a", "number"),
     ("fc:param=ntkk", 9, "ntkk", "ntk, standard"),
+    # the presets of the literature (myrtle, wide_resnet, cntk)
+    ("myrtle:depth=6", 13, "6", "one of 5, 7, 10"),
+    ("wide_resnet:depth=15", 18, "15", "6n + 4"),
+    ("wide_resnet:k=0", 14, "0", ">= 1"),
+    ("cntk:depth=1", 11, "1", ">= 2"),
+    ("cntk:depth=14,gapp", 14, "gapp", "bare value (flatten, gap)"),
+    ("cntk:readout=gap,gap", 17, "gap", "'readout' given twice"),
+    ("myrtle:act=relu", 7, "act", "unknown key 'act'"),
+    ("myrtl:depth=5", 0, "myrtl", "'myrtle:...'"),
+    ("myrtle:pool=x", 12, "x", "integer"),
 ])
 def test_preset_errors_point_at_the_token(spec, position, token, words):
     with pytest.raises(ArchSpecError) as info:
@@ -158,3 +168,77 @@ def test_cnn_preset():
     assert names == ["Conv2d", "ReLU", "Conv2d", "ReLU", "Flatten", "Linear"]
     gap = parse_arch("cnn:depth=1,readout=gap")
     assert type(gap.layers[-2]).__name__ == "GlobalAvgPool2d"
+
+
+# -- presets of the literature: myrtle, wide_resnet, cntk ----------------------------------------
+S2 = math.sqrt(2.0)
+
+
+def _conv(c, stride=1, w=S2, trainable=True):
+    return nk.Conv2d(c, 3, stride=stride, padding="same", W_std=w, b_std=None,
+                     trainable=trainable)
+
+
+def test_myrtle_preset_is_the_papers_network():
+    """Shankar et al. 2020, Myrtle-7: stages of [2, 2, 2] (conv 3x3 + ReLU), 2x2 average pools
+    between stages, the final pool and a dense readout; W_std √2, no bias."""
+    arch = parse_arch("myrtle:depth=7,width=32,out=3")
+    block = lambda: [_conv(32), nk.ReLU()]  # noqa: E731
+    hand = nk.Sequential(*block(), *block(), nk.AvgPool2d(2), *block(), *block(), nk.AvgPool2d(2),
+                         *block(), *block(), nk.AvgPool2d(8), nk.Flatten(),
+                         nk.Linear(3, W_std=S2, b_std=None))
+    assert repr(arch) == repr(hand)
+    assert repr(parse_arch("myrtle")) == repr(nk.myrtle(5))
+    std = parse_arch("myrtle:depth=10,pool=2,param=standard")
+    assert repr(std) == repr(nk.myrtle(10, pool_size=2, parameterization="standard"))
+
+
+def test_wide_resnet_preset_is_the_papers_network():
+    """WRN-10-1 (n = 1 block per group): Conv(16), then per group (16k, 32k, 64k channels;
+    stride 1, 2, 2) Residual([ReLU, conv(stride), ReLU, conv], shortcut conv(stride)), pool,
+    Flatten, Linear(W_std 1, b_std 0)."""
+    arch = parse_arch("wide_resnet:depth=10,k=1,out=2")
+    groups = []
+    for ch, st in ((16, 1), (32, 2), (64, 2)):
+        branch = nk.Sequential(nk.ReLU(), _conv(ch, st, 1.0), nk.ReLU(), _conv(ch, 1, 1.0))
+        groups.append(nk.Residual(branch, _conv(ch, st, 1.0)))
+    hand = nk.Sequential(_conv(16, 1, 1.0), *groups, nk.AvgPool2d(8), nk.Flatten(),
+                         nk.Linear(2, W_std=1.0, b_std=0.0))
+    assert repr(arch) == repr(hand)
+    assert repr(parse_arch("wide_resnet:depth=16,k=4")) == repr(nk.wide_resnet(16, 4))
+
+
+def test_cntk_preset_bare_gap_and_readouts():
+    gap = parse_arch("cntk:depth=4,gap")
+    assert repr(gap) == repr(parse_arch("cntk:depth=4,readout=gap"))
+    hand = nk.Sequential(_conv(256, trainable=False), nk.ReLU(), _conv(256), nk.ReLU(), _conv(256),
+                         nk.ReLU(), nk.GlobalAvgPool2d(), nk.Linear(10, b_std=None, trainable=False))
+    assert repr(gap) == repr(hand)
+    assert repr(parse_arch("cntk")) == repr(nk.cntk(14, "gap"))
+    flat = parse_arch("cntk:depth=3,flatten,width=8,out=1")
+    assert isinstance(flat[-2], nk.Flatten) and flat[-1].trainable and flat[0].trainable
+
+
+def test_cntk_preset_kernel_matches_numpy():
+    """cntk:depth=2,readout=flatten NNGP: Σ(p) = 2/(9C) Σ_δ Σ_c x_c(p+δ) x'_c(p+δ) (zero padding),
+    then the ReLU arc-cosine expectation (Cho & Saul 2009), averaged over positions (Flatten +
+    Linear(W_std 1, no bias)); numpy float64."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 2, 4, 5))
+    pad = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)])
+
+    def sigma(a, b):
+        return sum((pad[a, :, i:i + 4, j:j + 5] * pad[b, :, i:i + 4, j:j + 5]).sum(0)
+                   for i in range(3) for j in range(3)) * 2.0 / (9 * 2)
+
+    want = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            s, va, vb = sigma(a, b), sigma(a, a), sigma(b, b)
+            sv = np.sqrt(va * vb)
+            th = np.arccos(np.clip(s / sv, -1.0, 1.0))
+            if a == b:
+                th = np.zeros_like(th)
+            want[a, b] = np.mean(sv * (np.sin(th) + (math.pi - th) * np.cos(th)) / (2 * math.pi))
+    k = parse_arch("cntk:depth=2,readout=flatten").kernel(x, get="nngp").nngp.numpy()
+    np.testing.assert_allclose(k, want, rtol=1e-12)

@@ -109,3 +109,32 @@ def test_lap_bad_input():
         nk.LocalAvgPool2d(-1)
     with pytest.raises(ValueError, match="images"):
         nk.Sequential(nk.Linear(3), nk.LocalAvgPool2d(2)).kernel(np.ones((2, 3)))
+
+
+def _rolled(x, c):
+    """x rolled circularly by every shift (a, b), 0 <= a < c_h, 0 <= b < c_w: (c_h c_w, n, ...)."""
+    ch, cw = (c, c) if isinstance(c, int) else c
+    return torch.stack([torch.roll(x, (a, b), dims=(2, 3)) for a in range(ch) for b in range(cw)])
+
+
+@pytest.mark.parametrize("c", [2, 3, (2, 3), 4])
+@pytest.mark.parametrize("p", ["ntk", "standard"])
+def test_lap_is_the_vanilla_kernel_averaged_over_shift_pairs(c, p):
+    """Li et al. 2019, Sec. 4 (LAP as local translation augmentation, circular padding): with a
+    circularly padded body, the LAP kernel is the vanilla (Flatten) kernel averaged over the c⁴
+    pairs of shifts (g, g'), each in a c x c window, of its two inputs:
+    K_LAP(x, x') = c⁻⁴ Σ_{g, g'} K_vanilla(g x, g' x'). Brute force: every shifted copy through
+    the vanilla network, in the same-position regime."""
+    body = [nk.Conv2d(4, 3, padding="circular", W_std=S2, b_std=0.1, parameterization=p),
+            nk.ReLU(), nk.Conv2d(4, 3, padding="circular", W_std=1.2, b_std=None,
+                                 parameterization=p), nk.Erf()]
+    head = nk.Linear(1, W_std=1.1, b_std=0.2, parameterization=p)
+    x1, x2 = _x(h=6, w=5), _x(h=6, w=5, n=2, seed=1)
+    lap = nk.Sequential(*body, nk.LocalAvgPool2d(c), head).kernel(x1, x2)
+    vanilla = nk.Sequential(*body, nk.Flatten(), head)
+    r1, r2 = _rolled(x1, c), _rolled(x2, c)
+    s, n1, n2 = r1.shape[0], len(x1), len(x2)
+    big = vanilla.kernel(r1.reshape(s * n1, 2, 6, 5), r2.reshape(s * n2, 2, 6, 5))
+    for name in ("nngp", "ntk"):
+        want = getattr(big, name).reshape(s, n1, s, n2).mean(dim=(0, 2))
+        torch.testing.assert_close(getattr(lap, name), want, rtol=1e-12, atol=1e-14)

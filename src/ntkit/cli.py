@@ -34,6 +34,8 @@ Presets, name:key=value,... (every key optional):
       depth x [Linear(width), act], then Linear(out)
   cnn:depth=6,readout=gap,channels=256,kernel=3,stride=1,padding=same,act=relu,W_std=1.414,b_std=0
       depth x [Conv2d(channels, kernel), act], GlobalAvgPool2d (gap) or Flatten, Linear(out)
+  myrtle:depth=5|7|10   wide_resnet:depth=16,k=4   cntk:depth=14,gap (or flatten)
+      the literature's networks (ntkit.myrtle, wide_resnet, cntk); also width, pool, param, out
   act: relu, erf, gelu, sin, tanh, sigmoid, identity, leakyrelu(0.1), abrelu(a,b), ...
   b_std=none: no bias parameter. param: ntk or standard. Numbers may be written sqrt(2).
 

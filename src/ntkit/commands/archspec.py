@@ -12,6 +12,16 @@ Presets (``name:key=value,...``; every key optional)::
 arguments in parentheses when it takes some: ``act=leakyrelu(0.1)``, ``act=abrelu(-0.5,1)``,
 ``act=erf``. ``b_std=none`` means no bias parameter. ``param`` is ``ntk`` or ``standard``.
 
+The architectures of the literature (``ntkit.layers.presets``; see their docstrings)::
+
+    myrtle:depth=5,width=128,pool=8,param=ntk,out=10          Myrtle-5/7/10 (Shankar et al. 2020)
+    wide_resnet:depth=16,k=4,pool=8,param=ntk,out=10          WRN-depth-k (depth = 6n + 4)
+    cntk:depth=14,readout=gap,width=256,out=10                CNTK of Arora et al. 2019
+
+``pool`` is the final average pool's size (8: global on 32x32 inputs; 2 for 8x8 inputs).
+A bare value stands for the key whose choices contain it: ``cntk:depth=14,gap`` is
+``cntk:depth=14,readout=gap``.
+
 Files (``.yaml``, ``.yml``, ``.json``; or the same text inline, starting with ``[`` or ``{``)
 list layers by their ntkit class name, with keyword or positional arguments::
 
@@ -162,7 +172,26 @@ def _parse_choice(choices: Sequence[str]) -> Callable[[_Token, str], str]:
             raise ArchSpecError(f"expected one of {', '.join(choices)}, got {tok.text!r}", spec,
                                 tok.pos, tok.text)
         return value
+    parse.choices = tuple(choices)  # a bare value names its key (_bare_value)
     return parse
+
+
+def _parse_int_choice(choices: Sequence[int]) -> Callable[[_Token, str], int]:
+    def parse(tok: _Token, spec: str) -> int:
+        value = _parse_int(tok, spec)
+        if value not in choices:
+            raise ArchSpecError(f"expected one of {', '.join(map(str, choices))}, got {value}",
+                                spec, tok.pos, tok.text)
+        return value
+    return parse
+
+
+def _parse_wrn_depth(tok: _Token, spec: str) -> int:
+    value = _parse_int(tok, spec)
+    if value < 10 or (value - 4) % 6:
+        raise ArchSpecError(f"a WideResNet depth is 6n + 4 with n >= 1 (10, 16, 22, 28, ...), "
+                            f"got {value}", spec, tok.pos, tok.text)
+    return value
 
 
 def _parse_activation(tok: _Token, spec: str):
@@ -253,19 +282,74 @@ def _build_cnn(o: Dict[str, Any]):
     return nk.Sequential(*layers)
 
 
+def _positive(default: int):
+    return (lambda t, s: _parse_int(t, s, 1), default)
+
+
+_PARAM = (_parse_choice(("ntk", "standard")), "ntk")
+
+
+def _myrtle_keys():
+    return {"depth": (_parse_int_choice((5, 7, 10)), 5), "width": _positive(128),
+            "pool": _positive(8), "param": _PARAM, "out": _positive(10)}
+
+
+def _wrn_keys():
+    return {"depth": (_parse_wrn_depth, 16), "k": _positive(4), "pool": _positive(8),
+            "param": _PARAM, "out": _positive(10)}
+
+
+def _cntk_keys():
+    return {"depth": (lambda t, s: _parse_int(t, s, 2), 14),
+            "readout": (_parse_choice(("gap", "flatten")), "gap"), "width": _positive(256),
+            "out": _positive(10)}
+
+
+def _build_myrtle(o: Dict[str, Any]):
+    from ntkit.layers.presets import myrtle
+    return myrtle(o["depth"], width=o["width"], out_features=o["out"], pool_size=o["pool"],
+                  parameterization=o["param"])
+
+
+def _build_wrn(o: Dict[str, Any]):
+    from ntkit.layers.presets import wide_resnet
+    return wide_resnet(o["depth"], o["k"], out_features=o["out"], pool_size=o["pool"],
+                       parameterization=o["param"])
+
+
+def _build_cntk(o: Dict[str, Any]):
+    from ntkit.layers.presets import cntk
+    return cntk(o["depth"], o["readout"], width=o["width"], out_features=o["out"])
+
+
 #: preset name -> (key table factory, builder, one-line description)
 PRESETS = {
     "fc": (_fc_keys, _build_fc, "fully-connected: depth x [Linear(width), act], Linear(out)"),
     "cnn": (_cnn_keys, _build_cnn,
             "convolutional: depth x [Conv2d(channels, kernel), act], GAP or Flatten, Linear(out)"),
+    "myrtle": (_myrtle_keys, _build_myrtle, "Myrtle-5/7/10 of Shankar et al. 2020"),
+    "wide_resnet": (_wrn_keys, _build_wrn, "WideResNet-depth-k (Zagoruyko & Komodakis 2016)"),
+    "cntk": (_cntk_keys, _build_cntk, "the depth-d CNTK of Arora et al. 2019 (GAP or Flatten)"),
 }
+
+
+def _bare_value(tok: _Token, keys: Dict[str, Any], spec: str) -> str:
+    """The key whose choices contain the bare value ``tok`` (``gap`` -> ``readout``)."""
+    value = tok.text.strip().lower()
+    owners = [k for k, (parse, _) in keys.items() if value in getattr(parse, "choices", ())]
+    if len(owners) != 1:
+        bare = sorted({c for parse, _ in keys.values() for c in getattr(parse, "choices", ())})
+        extra = f" or a bare value ({', '.join(bare)})" if bare else ""
+        raise ArchSpecError(f"expected key=value{extra}", spec, tok.pos, tok.text)
+    return owners[0]
 
 
 def _parse_preset(spec: str):
     name, _, rest = spec.partition(":")
     if name not in PRESETS:
         what = f"unknown preset {name!r}" if re.fullmatch(r"\w+", name) else "not an architecture"
-        raise ArchSpecError(f"{what}; expected 'fc:...' or 'cnn:...', or a path to a "
+        known = ", ".join(f"'{p}:...'" for p in PRESETS)
+        raise ArchSpecError(f"{what}; expected one of {known}, or a path to a "
                             f".yaml/.yml/.json file listing layers", spec, 0, name or spec)
     key_table, build, _ = PRESETS[name]
     keys = key_table()
@@ -276,27 +360,31 @@ def _parse_preset(spec: str):
             if not tok.text.strip():
                 raise ArchSpecError("empty entry (two commas in a row, or a trailing comma?)",
                                     spec, tok.pos, ",")
-            if "=" not in tok.text:
-                raise ArchSpecError("expected key=value", spec, tok.pos, tok.text)
-            key_text, _, value_text = tok.text.partition("=")
-            key = key_text.strip()
-            key_pos = tok.pos + (len(key_text) - len(key_text.lstrip()))
+            if "=" in tok.text:
+                key_text, _, value_text = tok.text.partition("=")
+                key = key_text.strip()
+                key_pos = tok.pos + (len(key_text) - len(key_text.lstrip()))
+                value_tok = _Token(value_text, tok.pos + len(key_text) + 1)
+            else:  # a bare value: the key whose choices hold it
+                key, value_text, value_tok = _bare_value(tok, keys, spec), tok.text, tok
+                key_pos = tok.pos + (len(tok.text) - len(tok.text.lstrip()))
             match = next((k for k in keys if k.lower() == key.lower()), None)
             if match is None:
                 raise ArchSpecError(f"unknown key {key!r} for preset {name!r}"
                                     + _suggest(key, list(keys)), spec, key_pos, key)
             if match in seen:
-                raise ArchSpecError(f"key {match!r} given twice", spec, key_pos, key)
+                where = key if "=" in tok.text else tok.text.strip()
+                raise ArchSpecError(f"key {match!r} given twice", spec, key_pos, where)
             seen.add(match)
-            value_tok = _Token(value_text, tok.pos + len(key_text) + 1)
             if not value_text.strip():
                 raise ArchSpecError(f"missing value for {match!r}", spec, value_tok.pos - 1, "=")
             options[match] = keys[match][0](value_tok, spec)
-    if options["act"] is None:
-        import ntkit as nk
-        options["act"] = nk.ReLU()
-    act = options["act"]
-    options["act"] = lambda: _copy_activation(act)
+    if "act" in options:
+        if options["act"] is None:
+            import ntkit as nk
+            options["act"] = nk.ReLU()
+        act = options["act"]
+        options["act"] = lambda: _copy_activation(act)
     return build(options)
 
 

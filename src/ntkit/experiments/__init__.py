@@ -31,6 +31,7 @@ REGISTRY: Dict[str, Tuple[str, str]] = {
     "two-layer-sigmoid": ("two_layer_sigmoid", "seed 003: loss bound exp(-2 t lambda_min) and weight movement ~ m^-1/2"),
     "lazy-training": ("lazy_training", "seed 004: relative weight change and lazy-training ratio against width"),
     "cifar10-cntk": ("cifar10_cntk", "Arora et al. 2019: CNTK-V / CNTK-GAP on CIFAR-10, the paper's table"),
+    "cifar10-fewshot": ("cifar10_fewshot", "Arora et al. 2020: few-shot CIFAR-10 (n = 10 ... 1280), CNTK-GAP-14 and Myrtle-5 vs the paper's CNTK and ResNet-34"),
     "uci": ("uci", "Arora et al. 2020: NTK vs RF, RBF-SVM, NNGP, MLP on the 90 UCI datasets"),
     "deep-limits": ("deep_limits", "seed 000: NNGP/NTK classifiers as depth grows vs majority vote, 1-NN, singular kernel, Bayes"),
     "kernel-pca": ("kernel_pca", "seed 002: NTK kernel PCA of 512 MNIST digits (depth 4, beta 0.1), leading eigenvalues"),

@@ -20,6 +20,16 @@ separable: two small (H x H), (W x W) contractions; for a batch of at least 4 pa
 Kronecker product A_h ⊗ A_w ((HW)² entries, at most a quarter of the batch's memory) turns it
 into one matrix-vector pass, as fast as global average pooling. It needs pixel-pair
 covariances (``needs_pixel_pairs``).
+
+Verified against Li et al.'s definition (tests/test_layers_local_pool.py): LAP is local
+translation augmentation, the vanilla kernel averaged over the c⁴ pairs of circular shifts
+(g, g'), each within a c x c window, of its two inputs, K_LAP(x, x') = c⁻⁴ Σ_{g,g'}
+K_vanilla(g x, g' x') (their Sec. 4, which assumes circular padding; brute force through a
+circularly padded body, float64, 1e-12) — the triangular weights (c - |Δ|)/c² per axis of
+A above; window c counts pixels (c = 0 and 1: no pooling, the vanilla CNTK; c = H: GAP, both
+tested), and where a window starts (``lo``) does not matter for circular padding, only the
+shift differences do. ``padding="same"`` (zeros that count in the mean) is an ntkit extension,
+not in the paper.
 """
 from __future__ import annotations
 
