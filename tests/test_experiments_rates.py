@@ -33,6 +33,7 @@ def test_ntk_drift_verdict_tells_half_rate_from_the_stated_one(tmp_path, monkeyp
     def fake(width, init, cfg, seed):
         return {"drift": power_law(width, init, drift_rate, salt=1),
                 "dist": power_law(width, init, -0.5, salt=2),
+                "drift_train": power_law(width, init, drift_rate, salt=1),  # the drift's draw
                 "loss_initial": 1.0, "loss_final": 0.1}
 
     monkeypatch.setattr(ntk_drift, "measure", fake)
@@ -40,6 +41,7 @@ def test_ntk_drift_verdict_tells_half_rate_from_the_stated_one(tmp_path, monkeyp
     assert res["rates"]["drift"]["stated_rate"] == -1.0
     assert res["rates"]["drift"]["verdict"] == verdict == res["drift_verdict"]
     assert res["rates"]["dist"]["verdict"] == CONSISTENT
+    assert res["rates"]["drift_train"]["verdict"] == verdict
     lo, hi = res["rates"]["drift"]["interval"]
     assert lo < drift_rate < hi        # 30% noise, 8 inits, 5 widths: the interval is ±0.15
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -52,7 +54,8 @@ def test_ntk_drift_fits_only_the_asymptotic_range(tmp_path, monkeypatch):
     def fake(width, init, cfg, seed):
         bump = 3.0 if width == 128 else 1.0
         return {"drift": bump * power_law(width, init, -1.0, noise=0.1),
-                "dist": power_law(width, init, -0.5, noise=0.1), "loss_initial": 1.0,
+                "dist": power_law(width, init, -0.5, noise=0.1),
+                "drift_train": power_law(width, init, -1.0, noise=0.1), "loss_initial": 1.0,
                 "loss_final": 0.1}
 
     monkeypatch.setattr(ntk_drift, "measure", fake)

@@ -25,7 +25,8 @@ The verdicts come from the intervals (``statistics.rate_verdict``); the numbers 
 are in ``results/linearization/results.json`` (the module states none).
 
 Departures: the seeds give no widths, data or number of initializations for this experiment;
-the widths (128 … 2048) and initializations are sized to run in about ten minutes on two cores.
+the widths (128 … 2048, fit from 256) and 10 initializations per width are sized to run in
+about ten minutes on the shared two-core machine; float32 (quick: float64).
 
 Writes ``linearization.png`` (left: outputs over time of the widest network against f_t^lin;
 right: both errors against width with their fits and the stated rates) and ``results.json``.
@@ -50,7 +51,7 @@ from .common import pyplot, relu_mlp, save_figure, standalone_main, start_run, w
 from .rates import (compute_seconds, draw, flat_summary, judge, per_width, run_units,
                     unit_key, width_axis)
 
-FULL = {"widths": [128, 256, 512, 1024, 2048], "inits": 6, "depth": 4, "W_std": 1.0,
+FULL = {"widths": [128, 256, 512, 1024, 2048], "inits": 10, "depth": 4, "W_std": 1.0,
         "b_std": 0.1, "steps": 200, "lr_fraction": 0.5, "x_min": 256, "dtype": "float32"}
 QUICK = {"widths": [64, 128, 256, 512], "inits": 2, "depth": 4, "W_std": 1.0, "b_std": 0.1,
          "steps": 40, "lr_fraction": 0.5, "x_min": 64, "dtype": "float64"}

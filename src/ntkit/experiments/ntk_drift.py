@@ -9,7 +9,10 @@ L = (1/2N) Σ (f(x_i) − y_i)², N = 8 training inputs on the unit sphere of R^
 y = d·x₁x₂. On a fixed batch (the training inputs and 8 test inputs) each initialization gives
 
     drift(m) = ||Θ_T − Θ_0||_F / ||Θ_0||_F      (how much training moves the kernel),
-    dist(m)  = ||Θ_0 − Θ_∞||_F / ||Θ_∞||_F      (distance at init to the limit ``arch.kernel``).
+    dist(m)  = ||Θ_0 − Θ_∞||_F / ||Θ_∞||_F      (distance at init to the limit ``arch.kernel``),
+
+and drift_train, the drift of the training-set Gram matrix H(t) = Θ_t(X, X) alone (the
+quantity of seed 001, ||H(t) − H(0)||_F, here relative to ||H(0)||_F).
 
 Rates, fitted over widths m ≥ ``x_min`` with 95% bootstrap intervals over initializations
 (``rates.judge``) and judged against the rate the seeds state:
@@ -22,8 +25,9 @@ The verdicts come from the intervals (``statistics.rate_verdict``), never from a
 The full run's numbers are in ``results/ntk-drift/results.json`` (the module states none).
 
 Departures from the seed: the poster gives no widths, data or number of initializations; the
-widths (128 … 4096) and initializations (see FULL) are sized to finish in about ten minutes on
-two cores, the batch is small (16 inputs) for the same reason.
+widths (128 … 4096, fit from 256) and 8 initializations per width are sized to finish in
+about ten minutes on two cores, the batch is small (16 inputs) for the same reason; float32
+(quick: float64).
 
 The units (one width × one initialization) are kept under ``OUT_DIR/units`` (resumable; split
 across processes with ``--shard i/k``, merged by the run without a shard).
@@ -87,15 +91,19 @@ def measure(width: int, init: int, cfg: Dict, seed: int) -> Dict[str, float]:
     del net
     loss = gradient_descent(lazy, x_train.to(dtype), y_train.to(dtype), cfg["steps"], cfg["lr"])
     kt = empirical_ntk(lazy, x_all).double()
+    n = cfg["n_train"]
     return {"drift": relative_frobenius(kt, k0), "dist": relative_frobenius(k0, limit),
+            "drift_train": relative_frobenius(kt[:n, :n], k0[:n, :n]),
             "loss_initial": loss[0], "loss_final": loss[-1]}
 
 
 def plot(path: Path, widths, samples: Dict, verdicts: Dict, cfg: Dict, quick: bool) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
     draw(ax, widths, samples["drift"], verdicts["drift"], "tab:blue",
          f"after {cfg['steps']} GD steps vs at init")
+    draw(ax, widths, samples["drift_train"], verdicts["drift_train"], "tab:green",
+         "same, training-set Gram matrix H only", marker="^")
     draw(ax, widths, samples["dist"], verdicts["dist"], "tab:orange",
          "at init vs infinite-width limit", marker="s")
     ax.set_yscale("log")
@@ -105,7 +113,7 @@ def plot(path: Path, widths, samples: Dict, verdicts: Dict, cfg: Dict, quick: bo
                  f"β={cfg['b_std']:g}; {cfg['inits']} inits per width"
                  + (" (quick)" if quick else ""), fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     save_figure(fig, path, dpi=110)
 
 
@@ -120,9 +128,12 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
                                 lambda k: measure(*by_key[k], cfg, seed), shard, progress)
     if partial is not None:
         return partial
-    samples = {name: per_width(values, widths, inits, name) for name in ("drift", "dist")}
+    samples = {name: per_width(values, widths, inits, name)
+               for name in ("drift", "dist", "drift_train")}
     verdicts = {"drift": judge(widths, samples["drift"], *DRIFT_RATE, x_min=cfg["x_min"]),
-                "dist": judge(widths, samples["dist"], *DIST_RATE, x_min=cfg["x_min"])}
+                "dist": judge(widths, samples["dist"], *DIST_RATE, x_min=cfg["x_min"]),
+                "drift_train": judge(widths, samples["drift_train"], *DRIFT_RATE,
+                                     x_min=cfg["x_min"])}
     plot(out_dir / "ntk_drift.png", widths, samples, verdicts, cfg, quick)
     result = {"experiment": "ntk-drift", "quick": quick, "config": cfg, "seed": seed,
               "architecture": f"depth-{cfg['depth']} ReLU MLP, NTK parameterization, "
@@ -130,11 +141,13 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
               "widths": widths,
               **flat_summary("drift", verdicts["drift"]),
               **flat_summary("dist", verdicts["dist"]),
+              **flat_summary("drift_train", verdicts["drift_train"]),
               "rates": verdicts,
               "mean_drift": [float(np.mean(s)) for s in samples["drift"]],
               "mean_init_vs_limit": [float(np.mean(s)) for s in samples["dist"]],
               "drift_per_init": {str(w): s for w, s in zip(widths, samples["drift"])},
               "init_vs_limit_per_init": {str(w): s for w, s in zip(widths, samples["dist"])},
+              "drift_train_per_init": {str(w): s for w, s in zip(widths, samples["drift_train"])},
               "loss_initial_final": {str(w): [[values[unit_key(w, i)]["loss_initial"],
                                                values[unit_key(w, i)]["loss_final"]]
                                               for i in range(inits)] for w in widths},

@@ -14,6 +14,9 @@ initialization converges to its limit (Jacot et al. 2018, Thm 1) with central-li
 fluctuations of order m^-1/2; the alternative −1/4 is the rate of the ReLU bound that seed 001
 (Arora et al. 2019) states (O(m^-1/4) at initialization). The verdict comes from the interval.
 
+Jacot et al. give no widths or batch for this measurement; the full run uses widths 128 … 8192
+(fit from 256), 10 initializations each, 32 inputs on the sphere of R^8, float32.
+
 Writes ``width_sweep.png`` (log-log: the per-initialization distances, their means, the fit and
 the stated rate; one labelled tick per width) and ``results.json``. The units (one width × one
 initialization) are kept under ``OUT_DIR/units`` (resumable; ``--shard i/k`` splits them).
@@ -36,7 +39,7 @@ from .common import (pyplot, relative_frobenius, relu_mlp, save_figure, sphere_i
 from .rates import (compute_seconds, draw, flat_summary, judge, per_width, run_units,
                     unit_key, width_axis)
 
-FULL = {"widths": [128, 256, 512, 1024, 2048, 4096, 8192], "seeds": 6, "n": 32, "d": 8,
+FULL = {"widths": [128, 256, 512, 1024, 2048, 4096, 8192], "seeds": 10, "n": 32, "d": 8,
         "depth": 4, "W_std": 1.0, "b_std": 0.1, "x_min": 256, "dtype": "float32"}
 QUICK = {"widths": [128, 256, 512, 1024, 2048], "seeds": 8, "n": 16, "d": 4, "depth": 4,
          "W_std": 1.0, "b_std": 0.1, "x_min": 128, "dtype": "float64"}
