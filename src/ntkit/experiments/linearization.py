@@ -47,29 +47,14 @@ import torch
 from ..empirical import empirical_ntk
 from ..empirical.lowrank_gd import gradient_descent, to_lowrank
 from ..predict import MSEDynamics, max_learning_rate
-from .common import pyplot, relu_mlp, save_figure, standalone_main, start_run, write_results
-from .rates import (compute_seconds, draw, flat_summary, judge, per_width, run_units,
-                    unit_key, width_axis)
+from .common import pyplot, save_figure, standalone_main, start_run, write_results
+from .rates import (STATED, compute_seconds, draw, flat_summary, jacot_mlp, judge, per_width,
+                    run_units, unit_key, width_axis)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048], "inits": 10, "depth": 4, "W_std": 1.0,
         "b_std": 0.1, "steps": 200, "lr_fraction": 0.5, "x_min": 256, "dtype": "float32"}
 QUICK = {"widths": [64, 128, 256, 512], "inits": 2, "depth": 4, "W_std": 1.0, "b_std": 0.1,
          "steps": 40, "lr_fraction": 0.5, "x_min": 64, "dtype": "float64"}
-
-#: the stated rates, the competing ones, and where they come from
-LIN_RATE = (-1.0, -0.5, "seed 001 (Arora et al. 2019 poster): 'in practice, change during "
-                        "training ≈ O(m^-1 poly(n, L))' [Lee et al. 2019], which drives the "
-                        "distance to the linearization; alternative m^-1/2: Lee et al. 2019 "
-                        "Thm 2.1 bound")
-INF_RATE = (-0.5, -1.0, "fluctuation of the empirical NTK at init around its limit (Jacot et "
-                        "al. 2018); alternative m^-1 (as fast as the distance to the own "
-                        "linearization)")
-
-
-def architecture(width: int, cfg: Dict):
-    """``depth`` Linear layers (depth − 1 hidden ReLU layers), NTK parameterization."""
-    return relu_mlp(width, cfg["depth"] - 1, W_std=cfg["W_std"], b_std=cfg["b_std"])
-
 
 def make_data(seed: int, n_train: int = 8, n_test: int = 12, dim: int = 4):
     rng = np.random.default_rng(seed)
@@ -87,7 +72,7 @@ def recorded_steps(steps: int) -> List[int]:
 def learning_rate(cfg: Dict, seed: int) -> float:
     """``lr_fraction`` × the largest stable learning rate of the analytic NTK."""
     xtr, ytr, _, _ = make_data(seed)
-    ref = architecture(1, cfg).kernel(xtr).ntk
+    ref = jacot_mlp(1, cfg).kernel(xtr).ntk
     return float(cfg["lr_fraction"]) * max_learning_rate(ref, ytr.size)
 
 
@@ -104,7 +89,7 @@ def one_network(width: int, init: int, cfg: Dict, seed: int) -> Dict:
     xtr, ytr, xte, _ = make_data(seed)
     x_tr, x_te, y_tr = (torch.as_tensor(a) for a in (xtr, xte, ytr))
     x_all = torch.cat([x_tr, x_te])
-    arch = architecture(width, cfg)
+    arch = jacot_mlp(width, cfg)
     net = arch.init((xtr.shape[1],), seed=seed * 1000 + init, dtype=dtype).eval()
     with torch.no_grad():
         f0 = net(x_all.to(dtype)).double()
@@ -182,8 +167,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
     if partial is not None:
         return partial
     samples = {k: per_width(values, widths, inits, k) for k in ("err_lin", "err_inf")}
-    verdicts = {"err_lin": judge(widths, samples["err_lin"], *LIN_RATE, x_min=cfg["x_min"]),
-                "err_inf": judge(widths, samples["err_inf"], *INF_RATE, x_min=cfg["x_min"])}
+    verdicts = {"err_lin": judge(widths, samples["err_lin"], *STATED["linearization"], x_min=cfg["x_min"]),
+                "err_inf": judge(widths, samples["err_inf"], *STATED["infinite_width"], x_min=cfg["x_min"])}
     widest = values[unit_key(widths[-1], 0)]
     plot(out_dir / "linearization.png", widths, samples, verdicts, widest, cfg, quick)
     rows = [{"width": w, "rel_err_linearized": float(np.mean(samples["err_lin"][j])),

@@ -45,9 +45,10 @@ import torch
 
 from ntkit.empirical import empirical_ntk
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
-from .common import (pyplot, relative_frobenius, relu_mlp, save_figure, sphere_inputs,
-                     standalone_main, start_run, write_results)
-from .rates import compute_seconds, draw, flat_summary, judge, per_width, run_units, unit_key, width_axis
+from .common import (pyplot, relative_frobenius, save_figure, sphere_inputs, standalone_main,
+                     start_run, write_results)
+from .rates import (STATED, compute_seconds, draw, flat_summary, jacot_mlp, judge, per_width,
+                    run_units, unit_key, width_axis)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048, 4096], "inits": 8, "n_train": 8, "n_test": 8,
         "d": 4, "depth": 4, "W_std": 1.0, "b_std": 0.1, "steps": 200, "lr": 1.0,
@@ -55,21 +56,6 @@ FULL = {"widths": [128, 256, 512, 1024, 2048, 4096], "inits": 8, "n_train": 8, "
 QUICK = {"widths": [64, 128, 256, 512], "inits": 3, "n_train": 8, "n_test": 8, "d": 4,
          "depth": 4, "W_std": 1.0, "b_std": 0.1, "steps": 30, "lr": 1.0, "x_min": 64,
          "dtype": "float64"}
-
-#: the rates the seeds state, the competing rates, and where they come from
-DRIFT_RATE = (-1.0, -0.5, "seed 001 (Arora et al. 2019 poster): 'in practice, change during "
-                          "training ≈ O(m^-1 poly(n, L))' [Lee et al. 2019]; alternative m^-1/2: "
-                          "the proven bounds (Jacot et al. 2018; Lee et al. 2019 Thm 2.1)")
-DIST_RATE = (-0.5, -0.25, "CLT fluctuation of the empirical NTK at initialization around its "
-                          "limit (Jacot et al. 2018, Thm 1); alternative m^-1/4: seed 001's "
-                          "bound for ReLU at initialization")
-
-
-def architecture(width: int, cfg: Dict):
-    """``depth`` Linear layers (depth − 1 hidden ReLU layers of ``width``), NTK
-    parameterization, W_std and b_std of ``cfg``."""
-    return relu_mlp(width, cfg["depth"] - 1, W_std=cfg["W_std"], b_std=cfg["b_std"])
-
 
 def task(n_train: int, n_test: int, d: int, seed: int):
     """(training inputs, targets d·x₁x₂, all inputs: training then test), on the sphere."""
@@ -83,7 +69,7 @@ def measure(width: int, init: int, cfg: Dict, seed: int) -> Dict[str, float]:
     seed ``seed·1000 + init``, and its training loss before and after."""
     dtype = getattr(torch, cfg["dtype"])
     x_train, y_train, x_all = task(cfg["n_train"], cfg["n_test"], cfg["d"], seed)
-    arch = architecture(width, cfg)
+    arch = jacot_mlp(width, cfg)
     limit = arch.kernel(x_all, get="ntk").ntk
     net = arch.init((cfg["d"],), seed=seed * 1000 + init, dtype=dtype).eval()
     k0 = empirical_ntk(net, x_all).double()
@@ -130,9 +116,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
         return partial
     samples = {name: per_width(values, widths, inits, name)
                for name in ("drift", "dist", "drift_train")}
-    verdicts = {"drift": judge(widths, samples["drift"], *DRIFT_RATE, x_min=cfg["x_min"]),
-                "dist": judge(widths, samples["dist"], *DIST_RATE, x_min=cfg["x_min"]),
-                "drift_train": judge(widths, samples["drift_train"], *DRIFT_RATE,
+    verdicts = {"drift": judge(widths, samples["drift"], *STATED["ntk_change"], x_min=cfg["x_min"]),
+                "dist": judge(widths, samples["dist"], *STATED["ntk_at_init"], x_min=cfg["x_min"]),
+                "drift_train": judge(widths, samples["drift_train"], *STATED["ntk_change"],
                                      x_min=cfg["x_min"])}
     plot(out_dir / "ntk_drift.png", widths, samples, verdicts, cfg, quick)
     result = {"experiment": "ntk-drift", "quick": quick, "config": cfg, "seed": seed,

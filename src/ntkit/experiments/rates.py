@@ -22,13 +22,43 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .common import progress_bar
+from .common import progress_bar, relu_mlp
 from .statistics import fit_slope_interval, rate_verdict
 from .units import Shard, UnitStore
 
 
 #: the verdict of a run too small for a fitted slope with an interval
 NOT_FITTED = "not fitted"
+
+#: (stated exponent, competing exponent, source) of each rate the width experiments judge
+STATED = {
+    # ||Θ_m − Θ_∞|| at initialization (width-sweep, ntk-drift's dist)
+    "ntk_at_init": (-0.5, -0.25, "CLT fluctuation of the empirical NTK at initialization around "
+                                 "its limit (Jacot et al. 2018, Thm 1 gives the limit); "
+                                 "alternative m^-1/4: seed 001's bound for ReLU at "
+                                 "initialization (Arora et al. 2019)"),
+    # ||Θ_T − Θ_0|| during training (ntk-drift)
+    "ntk_change": (-1.0, -0.5, "seed 001 (Arora et al. 2019 poster): 'in practice, change "
+                               "during training ≈ O(m^-1 poly(n, L))' [Lee et al. 2019]; "
+                               "alternative m^-1/2: the proven bounds (Jacot et al. 2018; Lee et "
+                               "al. 2019 Thm 2.1)"),
+    # ||f_t − f_t^lin|| (linearization)
+    "linearization": (-1.0, -0.5, "seed 001 (Arora et al. 2019 poster): 'in practice, change "
+                                  "during training ≈ O(m^-1 poly(n, L))' [Lee et al. 2019], "
+                                  "which drives the distance to the linearization; alternative "
+                                  "m^-1/2: Lee et al. 2019 Thm 2.1 bound"),
+    # ||f_t − f_t^∞|| (linearization, against the analytic NTK)
+    "infinite_width": (-0.5, -1.0, "fluctuation of the empirical NTK at init around its limit "
+                                   "(Jacot et al. 2018); alternative m^-1 (as fast as the "
+                                   "distance to the own linearization)"),
+}
+
+
+def jacot_mlp(width: int, cfg: Dict):
+    """``cfg["depth"]`` Linear layers (depth − 1 hidden ReLU layers of ``width``), NTK
+    parameterization with ``cfg["W_std"]`` and ``cfg["b_std"]`` (Jacot et al. 2018: 1 and
+    β = 0.1)."""
+    return relu_mlp(width, cfg["depth"] - 1, W_std=cfg["W_std"], b_std=cfg["b_std"])
 
 
 def unit_key(width: int, init: int) -> str:

@@ -33,12 +33,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-import ntkit as nk
 from ntkit.empirical import empirical_ntk
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
 
-from .common import pyplot, relu_mlp, save_figure, standalone_main, start_run, write_results
-from .rates import compute_seconds, run_units, unit_key
+from .common import pyplot, save_figure, standalone_main, start_run, write_results
+from .rates import compute_seconds, jacot_mlp, run_units, unit_key
 
 FULL = {"widths": [500, 10000], "inits": [10, 3], "depth": 4, "W_std": 1.0, "b_std": 0.1,
         "steps": 200, "lr": 1.0, "n_train": 8, "n_gamma": 121, "dtype": "float32"}
@@ -49,10 +48,6 @@ QUICK = {"widths": [64, 512], "inits": [3, 3], "depth": 4, "W_std": 1.0, "b_std"
 def circle(n_gamma: int):
     gamma = torch.linspace(-math.pi, math.pi, n_gamma, dtype=torch.float64)
     return gamma, torch.stack([torch.cos(gamma), torch.sin(gamma)], dim=1)
-
-
-def architecture(width: int, cfg: dict) -> nk.Sequential:
-    return relu_mlp(width, cfg["depth"] - 1, W_std=cfg["W_std"], b_std=cfg["b_std"])
 
 
 def training_set(n: int, seed: int):
@@ -79,7 +74,7 @@ def one_network(width: int, init: int, cfg: dict, seed: int) -> Dict:
     _, xs = circle(cfg["n_gamma"])
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     x_train, y_train = training_set(cfg["n_train"], seed)
-    net = architecture(width, cfg).init((2,), seed=seed * 1000 + init, dtype=dtype).eval()
+    net = jacot_mlp(width, cfg).init((2,), seed=seed * 1000 + init, dtype=dtype).eval()
     at_init = empirical_ntk(net, x0, xs)[0].double()
     lazy = to_lowrank(net, cfg["steps"], x_train.shape[0])
     del net
@@ -133,7 +128,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
         return partial
     gamma, xs = circle(cfg["n_gamma"])
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    limit = architecture(1, cfg).kernel(x0, xs, get="ntk").ntk[0]
+    limit = jacot_mlp(1, cfg).kernel(x0, xs, get="ntk").ntk[0]
     ln = torch.linalg.norm(limit)
     curves, summary = {}, {}
     for w, k in zip(widths, counts):

@@ -36,19 +36,13 @@ import ntkit as nk
 from ntkit.empirical import empirical_ntk
 from .common import (pyplot, relative_frobenius, relu_mlp, save_figure, sphere_inputs,
                      standalone_main, start_run, write_results)
-from .rates import (compute_seconds, draw, flat_summary, judge, per_width, run_units,
+from .rates import (STATED, compute_seconds, draw, flat_summary, judge, per_width, run_units,
                     unit_key, width_axis)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048, 4096, 8192], "seeds": 10, "n": 32, "d": 8,
         "depth": 4, "W_std": 1.0, "b_std": 0.1, "x_min": 256, "dtype": "float32"}
 QUICK = {"widths": [128, 256, 512, 1024, 2048], "seeds": 8, "n": 16, "d": 4, "depth": 4,
          "W_std": 1.0, "b_std": 0.1, "x_min": 128, "dtype": "float64"}
-
-#: the stated rate, the competing one, and where they come from
-RATE = (-0.5, -0.25, "CLT fluctuation of the empirical NTK at initialization around its limit "
-                     "(Jacot et al. 2018, Thm 1 gives the limit); alternative m^-1/4: seed 001's "
-                     "bound for ReLU at initialization (Arora et al. 2019)")
-
 
 def architecture(width: int, depth: int, W_std: float = 1.0, b_std: float = 0.1
                  ) -> nk.Sequential:
@@ -109,7 +103,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
     if partial is not None:
         return partial
     samples = per_width(values, widths, inits, "distance")
-    verdict = judge(widths, samples, *RATE, x_min=cfg["x_min"])
+    verdict = judge(widths, samples, *STATED["ntk_at_init"], x_min=cfg["x_min"])
     plot(out_dir / "width_sweep.png", widths, samples, verdict, cfg, quick)
     result = {"experiment": "width-sweep", "quick": quick, "config": cfg, "seed": seed,
               "architecture": f"depth-{cfg['depth']} ReLU MLP, NTK parameterization, "
