@@ -48,8 +48,8 @@ from ..empirical import empirical_ntk
 from ..empirical.lowrank_gd import gradient_descent, to_lowrank
 from ..predict import MSEDynamics, max_learning_rate
 from .common import pyplot, save_figure, standalone_main, start_run, write_results
-from .rates import (STATED, compute_seconds, draw, flat_summary, jacot_mlp, judge, per_width,
-                    run_units, unit_key, width_axis)
+from .rates import (STATED, compute_seconds, flat_summary, jacot_mlp, judge, per_width,
+                    rate_panel, run_units, setup_title, unit_key)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048], "inits": 10, "depth": 4, "W_std": 1.0,
         "b_std": 0.1, "steps": 200, "lr_fraction": 0.5, "x_min": 256, "dtype": "float32"}
@@ -141,17 +141,12 @@ def plot(path: Path, widths, samples, verdicts, trajectory, cfg, quick: bool) ->
     a1.set_ylabel(r"output $f_t(x)$")
     a1.set_title(f"width {widths[-1]:,}: network vs its linearization", fontsize=10)
     a1.legend(fontsize=7)
-    draw(a2, widths, samples["err_lin"], verdicts["err_lin"], "tab:blue",
-         "vs own linearization")
-    draw(a2, widths, samples["err_inf"], verdicts["err_inf"], "tab:orange",
-         "vs infinite-width NTK", marker="s")
-    a2.set_yscale("log")
-    width_axis(a2, widths, "width m (hidden layers)")
-    a2.set_ylabel(r"$\max_t \|f_t - g_t\| \,/\, \max_t \|f_t - f_0\|$")
-    a2.set_title(f"depth {cfg['depth']} ReLU, W_std={cfg['W_std']:g}, β={cfg['b_std']:g}, "
-                 f"{cfg['inits']} inits per width" + (" (quick)" if quick else ""), fontsize=10)
-    a2.grid(True, which="major", alpha=0.3)
-    a2.legend(fontsize=7)
+    rate_panel(a2, widths, [(samples["err_lin"], verdicts["err_lin"], "tab:blue",
+                             "vs own linearization", "o"),
+                            (samples["err_inf"], verdicts["err_inf"], "tab:orange",
+                             "vs infinite-width NTK", "s")],
+               r"$\max_t \|f_t - g_t\| \,/\, \max_t \|f_t - f_0\|$",
+               setup_title(cfg, cfg["inits"], quick))
     save_figure(fig, path, dpi=100)
 
 

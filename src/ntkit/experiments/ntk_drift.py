@@ -47,8 +47,8 @@ from ntkit.empirical import empirical_ntk
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
 from .common import (pyplot, relative_frobenius, save_figure, sphere_inputs, standalone_main,
                      start_run, write_results)
-from .rates import (STATED, compute_seconds, draw, flat_summary, jacot_mlp, judge, per_width,
-                    run_units, unit_key, width_axis)
+from .rates import (STATED, compute_seconds, flat_summary, jacot_mlp, judge, per_width,
+                    rate_panel, run_units, setup_title, unit_key)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048, 4096], "inits": 8, "n_train": 8, "n_test": 8,
         "d": 4, "depth": 4, "W_std": 1.0, "b_std": 0.1, "steps": 200, "lr": 1.0,
@@ -86,20 +86,14 @@ def measure(width: int, init: int, cfg: Dict, seed: int) -> Dict[str, float]:
 def plot(path: Path, widths, samples: Dict, verdicts: Dict, cfg: Dict, quick: bool) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    draw(ax, widths, samples["drift"], verdicts["drift"], "tab:blue",
-         f"after {cfg['steps']} GD steps vs at init")
-    draw(ax, widths, samples["drift_train"], verdicts["drift_train"], "tab:green",
-         "same, training-set Gram matrix H only", marker="^")
-    draw(ax, widths, samples["dist"], verdicts["dist"], "tab:orange",
-         "at init vs infinite-width limit", marker="s")
-    ax.set_yscale("log")
-    width_axis(ax, widths, "width m (hidden layers)")
-    ax.set_ylabel(r"relative Frobenius distance $\|\Theta_a - \Theta_b\|_F / \|\Theta_b\|_F$")
-    ax.set_title(f"NTK drift, depth {cfg['depth']} ReLU, W_std={cfg['W_std']:g}, "
-                 f"β={cfg['b_std']:g}; {cfg['inits']} inits per width"
-                 + (" (quick)" if quick else ""), fontsize=10)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    rate_panel(ax, widths, [
+        (samples["drift"], verdicts["drift"], "tab:blue",
+         f"after {cfg['steps']} GD steps vs at init", "o"),
+        (samples["drift_train"], verdicts["drift_train"], "tab:green",
+         "same, training-set Gram matrix H only", "^"),
+        (samples["dist"], verdicts["dist"], "tab:orange", "at init vs infinite-width limit", "s")],
+        r"relative Frobenius distance $\|\Theta_a - \Theta_b\|_F / \|\Theta_b\|_F$",
+        "NTK drift: " + setup_title(cfg, cfg["inits"], quick))
     save_figure(fig, path, dpi=110)
 
 

@@ -187,3 +187,23 @@ def width_axis(ax, widths: Sequence[int], label: str = "width m") -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(ws[0] / 1.3, ws[-1] * 1.3)
     ax.set_xlabel(label)
+
+
+def setup_title(cfg: Dict, inits, quick: bool) -> str:
+    """"depth 4 ReLU, W_std=1, β=0.1, 8 inits per width" (+ " (quick)")."""
+    return (f"depth {cfg['depth']} ReLU, W_std={cfg['W_std']:g}, β={cfg['b_std']:g}, "
+            f"{inits} inits per width" + (" (quick)" if quick else ""))
+
+
+def rate_panel(ax, widths: Sequence[int], series: Sequence[tuple], ylabel: str, title: str
+               ) -> None:
+    """A log-log panel of measured rates: ``series`` of (samples, verdict, colour, label,
+    marker) drawn by ``draw``, one labelled tick per width, axis labels, title and legend."""
+    for samples, verdict, color, label, marker in series:
+        draw(ax, widths, samples, verdict, color, label, marker)
+    ax.set_yscale("log")
+    width_axis(ax, widths, "width m (hidden layers)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")

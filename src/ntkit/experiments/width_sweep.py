@@ -36,8 +36,8 @@ import ntkit as nk
 from ntkit.empirical import empirical_ntk
 from .common import (pyplot, relative_frobenius, relu_mlp, save_figure, sphere_inputs,
                      standalone_main, start_run, write_results)
-from .rates import (STATED, compute_seconds, draw, flat_summary, judge, per_width, run_units,
-                    unit_key, width_axis)
+from .rates import (STATED, compute_seconds, flat_summary, judge, per_width, rate_panel,
+                    run_units, setup_title, unit_key)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048, 4096, 8192], "seeds": 10, "n": 32, "d": 8,
         "depth": 4, "W_std": 1.0, "b_std": 0.1, "x_min": 256, "dtype": "float32"}
@@ -72,15 +72,9 @@ def distances(widths: Sequence[int], seeds: Sequence[int], x: torch.Tensor, dept
 def plot(path: Path, widths, samples, verdict: Dict, cfg: Dict, quick: bool) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
-    draw(ax, widths, samples, verdict, "tab:blue", "empirical NTK")
-    ax.set_yscale("log")
-    width_axis(ax, widths, "width m (hidden layers)")
-    ax.set_ylabel(r"$\|\Theta_m - \Theta_\infty\|_F \,/\, \|\Theta_\infty\|_F$")
-    ax.set_title(f"Empirical NTK → analytic NTK: depth {cfg['depth']} ReLU, "
-                 f"W_std={cfg['W_std']:g}, β={cfg['b_std']:g}, {cfg['seeds']} inits per width"
-                 + (" (quick)" if quick else ""), fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, which="major", alpha=0.3)
+    rate_panel(ax, widths, [(samples, verdict, "tab:blue", "empirical NTK", "o")],
+               r"$\|\Theta_m - \Theta_\infty\|_F \,/\, \|\Theta_\infty\|_F$",
+               "Empirical NTK → analytic NTK: " + setup_title(cfg, cfg["seeds"], quick))
     save_figure(fig, path, dpi=110)
 
 
