@@ -177,3 +177,14 @@ def test_width_sweep_quick_run_measures_the_clt_rate(tmp_path):
     assert res["distance_verdict"] == CONSISTENT
     lo, hi = res["rate"]["interval"]
     assert lo < -0.5 < hi and hi < -0.25
+
+
+def test_activation_option_builds_the_smooth_control_and_names_bad_values():
+    import ntkit as nk
+    from ntkit.experiments.rates import jacot_mlp
+
+    cfg = dict(ntk_drift.QUICK, activation="erf")
+    assert any(isinstance(layer, nk.Erf) for layer in jacot_mlp(8, cfg).layers)
+    assert not any(isinstance(layer, nk.Erf) for layer in jacot_mlp(8, ntk_drift.QUICK).layers)
+    with pytest.raises(ValueError, match="activation must be one of relu, erf"):
+        jacot_mlp(8, dict(cfg, activation="tanh"))

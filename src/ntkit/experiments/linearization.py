@@ -51,10 +51,12 @@ from .common import pyplot, save_figure, standalone_main, start_run, write_resul
 from .rates import (STATED, compute_seconds, flat_summary, jacot_mlp, judge, per_width,
                     rate_panel, run_units, setup_title, unit_key)
 
-FULL = {"widths": [128, 256, 512, 1024, 2048], "inits": 10, "depth": 4, "W_std": 1.0,
-        "b_std": 0.1, "steps": 200, "lr_fraction": 0.5, "x_min": 256, "dtype": "float32"}
-QUICK = {"widths": [64, 128, 256, 512], "inits": 2, "depth": 4, "W_std": 1.0, "b_std": 0.1,
-         "steps": 40, "lr_fraction": 0.5, "x_min": 64, "dtype": "float64"}
+FULL = {"widths": [128, 256, 512, 1024, 2048], "inits": 10, "depth": 4, "activation": "relu",
+        "W_std": 1.0, "b_std": 0.1, "steps": 200, "lr_fraction": 0.5, "x_min": 256,
+        "dtype": "float32"}
+QUICK = {"widths": [64, 128, 256, 512], "inits": 2, "depth": 4, "activation": "relu",
+         "W_std": 1.0, "b_std": 0.1, "steps": 40, "lr_fraction": 0.5, "x_min": 64,
+         "dtype": "float64"}
 
 def make_data(seed: int, n_train: int = 8, n_test: int = 12, dim: int = 4):
     rng = np.random.default_rng(seed)
@@ -162,8 +164,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
     if partial is not None:
         return partial
     samples = {k: per_width(values, widths, inits, k) for k in ("err_lin", "err_inf")}
-    verdicts = {"err_lin": judge(widths, samples["err_lin"], *STATED["linearization"], x_min=cfg["x_min"]),
-                "err_inf": judge(widths, samples["err_inf"], *STATED["infinite_width"], x_min=cfg["x_min"])}
+    verdicts = {key: judge(widths, samples[key], *STATED[rate], x_min=cfg["x_min"])
+                for key, rate in (("err_lin", "linearization"), ("err_inf", "infinite_width"))}
     widest = values[unit_key(widths[-1], 0)]
     plot(out_dir / "linearization.png", widths, samples, verdicts, widest, cfg, quick)
     rows = [{"width": w, "rel_err_linearized": float(np.mean(samples["err_lin"][j])),
@@ -174,8 +176,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
              "rel_err_analytic_ntk_per_init": samples["err_inf"][j]}
             for j, w in enumerate(widths)]
     results = {"experiment": "linearization", "quick": quick, "config": cfg, "seed": seed,
-               "architecture": f"depth-{cfg['depth']} ReLU MLP, NTK parameterization, "
-                               f"W_std={cfg['W_std']}, b_std={cfg['b_std']} (Jacot et al. 2018)",
+               "architecture": f"depth-{cfg['depth']} {cfg['activation']} MLP, NTK "
+                               f"parameterization, W_std={cfg['W_std']}, b_std={cfg['b_std']}",
                "learning_rate": learning_rate(cfg, seed), "loss": "mean",
                **flat_summary("linearized", verdicts["err_lin"]),
                **flat_summary("analytic_ntk", verdicts["err_inf"]),

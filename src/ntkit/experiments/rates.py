@@ -22,7 +22,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .common import progress_bar, relu_mlp
+import ntkit as nk
+
+from .common import progress_bar
 from .statistics import fit_slope_interval, rate_verdict
 from .units import Shard, UnitStore
 
@@ -54,11 +56,21 @@ STATED = {
 }
 
 
-def jacot_mlp(width: int, cfg: Dict):
-    """``cfg["depth"]`` Linear layers (depth − 1 hidden ReLU layers of ``width``), NTK
-    parameterization with ``cfg["W_std"]`` and ``cfg["b_std"]`` (Jacot et al. 2018: 1 and
-    β = 0.1)."""
-    return relu_mlp(width, cfg["depth"] - 1, W_std=cfg["W_std"], b_std=cfg["b_std"])
+#: the activations of ``jacot_mlp``: ReLU (Jacot et al.'s) and erf (smooth, for a control)
+ACTIVATIONS = {"relu": nk.ReLU, "erf": nk.Erf}
+
+
+def jacot_mlp(width: int, cfg: Dict) -> nk.Sequential:
+    """``cfg["depth"]`` Linear layers (depth − 1 hidden layers of ``width`` with activation
+    ``cfg.get("activation", "relu")``), NTK parameterization with ``cfg["W_std"]`` and
+    ``cfg["b_std"]`` (Jacot et al. 2018: ReLU, 1 and β = 0.1)."""
+    name = cfg.get("activation", "relu")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    layers = []
+    for _ in range(int(cfg["depth"]) - 1):
+        layers += [nk.Linear(width, W_std=cfg["W_std"], b_std=cfg["b_std"]), ACTIVATIONS[name]()]
+    return nk.Sequential(*layers, nk.Linear(1, W_std=cfg["W_std"], b_std=cfg["b_std"]))
 
 
 def unit_key(width: int, init: int) -> str:
@@ -70,9 +82,10 @@ def run_units(out_dir: Path, experiment: str, cfg: Dict, seed: int, keys: Sequen
               fn: Callable[[str], object], shard: Optional[str] = None,
               progress: Optional[bool] = None) -> Tuple[Dict[str, object], Optional[Dict]]:
     """Compute the missing units ``keys`` (only shard ``shard`` = "i/k" of them when given)
-    with ``fn(key)`` (a dict value gets the unit's wall time as ``unit_seconds``); returns ({key: value} of the finished units, None) when every unit is
-    finished, else (those units, the partial-run record {"experiment", "shard", "units_done",
-    "units_total", "partial": True} that ``run`` returns instead of writing results)."""
+    with ``fn(key)`` (a dict value gets the unit's wall time as ``unit_seconds``). Returns
+    ({key: value} of the finished units, None) when every unit is finished, else (those units,
+    the partial-run record {"experiment", "shard", "units_done", "units_total", "partial": True}
+    that ``run`` returns instead of writing results)."""
     store = UnitStore(out_dir, experiment, cfg, seed)
     part = Shard.parse(shard) if shard else None
 
@@ -191,7 +204,8 @@ def width_axis(ax, widths: Sequence[int], label: str = "width m") -> None:
 
 def setup_title(cfg: Dict, inits, quick: bool) -> str:
     """"depth 4 ReLU, W_std=1, β=0.1, 8 inits per width" (+ " (quick)")."""
-    return (f"depth {cfg['depth']} ReLU, W_std={cfg['W_std']:g}, β={cfg['b_std']:g}, "
+    act = {"relu": "ReLU"}.get(cfg.get("activation", "relu"), cfg.get("activation"))
+    return (f"depth {cfg['depth']} {act}, W_std={cfg['W_std']:g}, β={cfg['b_std']:g}, "
             f"{inits} inits per width" + (" (quick)" if quick else ""))
 
 
