@@ -48,8 +48,8 @@ from ..empirical import empirical_ntk
 from ..empirical.lowrank_gd import gradient_descent, to_lowrank
 from ..predict import MSEDynamics, max_learning_rate
 from .common import pyplot, save_figure, standalone_main, start_run, write_results
-from .rates import (STATED, compute_seconds, flat_summary, jacot_mlp, judge, per_width,
-                    rate_panel, run_units, setup_title, unit_key)
+from .rates import (STATED, flat_summary, jacot_mlp, judge, per_width, rate_panel, run_units,
+                    setup_title, timing, unit_key)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048], "inits": 10, "depth": 4, "activation": "relu",
         "W_std": 1.0, "b_std": 0.1, "steps": 200, "lr_fraction": 0.5, "x_min": 256,
@@ -184,7 +184,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
                "rates": {"linearized": verdicts["err_lin"], "analytic_ntk": verdicts["err_inf"]},
                "widths": rows, "figures": ["linearization.png"],
                "seconds": time.perf_counter() - t0,
-               "unit_seconds_total": compute_seconds(values)}
+               **timing(values)}
     return write_results(out_dir, results)
 
 

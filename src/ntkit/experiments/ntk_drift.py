@@ -51,8 +51,8 @@ from ntkit.empirical import empirical_ntk
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
 from .common import (pyplot, relative_frobenius, save_figure, sphere_inputs, standalone_main,
                      start_run, write_results)
-from .rates import (STATED, compute_seconds, flat_summary, jacot_mlp, judge, per_width,
-                    rate_panel, run_units, setup_title, unit_key)
+from .rates import (STATED, flat_summary, jacot_mlp, judge, per_width, rate_panel, run_units,
+                    setup_title, timing, unit_key)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048, 4096], "inits": 8, "n_train": 8, "n_test": 8,
         "d": 4, "depth": 4, "activation": "relu", "W_std": 1.0, "b_std": 0.1, "steps": 200,
@@ -136,7 +136,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
                                                values[unit_key(w, i)]["loss_final"]]
                                               for i in range(inits)] for w in widths},
               "figures": ["ntk_drift.png"], "seconds": time.perf_counter() - t0,
-              "unit_seconds_total": compute_seconds(values)}
+              **timing(values)}
     write_results(out_dir, result)
     return result
 

@@ -113,9 +113,13 @@ def run_units(out_dir: Path, experiment: str, cfg: Dict, seed: int, keys: Sequen
     return values, None
 
 
-def compute_seconds(values: Dict[str, Dict]) -> float:
-    """The summed wall time of the units (over every process that computed them)."""
-    return float(sum(v.get("unit_seconds", 0.0) for v in values.values()))
+def timing(values: Dict[str, Dict]) -> Dict[str, object]:
+    """``unit_seconds_total``: the summed wall time of the units (over every process and
+    invocation that computed them), with a note on how it differs from ``seconds``."""
+    return {"unit_seconds_total": float(sum(v.get("unit_seconds", 0.0) for v in values.values())),
+            "seconds_note": "seconds: wall time of the invocation that assembled these results; "
+                            "unit_seconds_total: wall time of computing the units, summed over "
+                            "the invocations (and shards) that computed them"}
 
 
 def per_width(values: Dict[str, Dict], widths: Sequence[int], inits: int, name: str

@@ -37,7 +37,7 @@ from ntkit.empirical import empirical_ntk
 from ntkit.empirical.lowrank_gd import gradient_descent, to_lowrank
 
 from .common import pyplot, save_figure, standalone_main, start_run, write_results
-from .rates import compute_seconds, jacot_mlp, run_units, unit_key
+from .rates import jacot_mlp, run_units, timing, unit_key
 
 FULL = {"widths": [500, 10000], "inits": [10, 3], "depth": 4, "W_std": 1.0, "b_std": 0.1,
         "steps": 200, "lr": 1.0, "n_train": 8, "n_gamma": 121, "dtype": "float32"}
@@ -90,15 +90,18 @@ def plot(path: Path, gamma, limit, curves, cfg, quick: bool) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for ax, when in zip(axes, ("init", "trained")):
+        # the limit underneath, so that the curves of the wide networks stay visible on it
+        ax.plot(g, limit.numpy(), color="black", lw=3.0, alpha=0.6, zorder=1,
+                label=r"n = $\infty$")
         for c, width in zip(colors, sorted(curves)):
             if when == "trained":  # initial curves faintly, for reference
                 for row in curves[width]["init"]:
                     ax.plot(g, row, color=c, lw=0.6, alpha=0.2)
             rows = curves[width][when]
             for j, row in enumerate(rows):
-                ax.plot(g, row, color=c, lw=0.8, alpha=0.8, ls="-" if when == "init" else "--",
-                        label=f"n = {width:,} ({len(rows)} inits)" if j == 0 else None)
-        ax.plot(g, limit.numpy(), color="black", lw=2.2, label=r"n = $\infty$")
+                ax.plot(g, row, color=c, lw=0.9, alpha=0.85, ls="-" if when == "init" else "--",
+                        label=f"n = {width:,} ({len(rows)} inits)" if j == 0 else None,
+                        zorder=2)
         ax.set_xlabel(r"$\gamma$  (x = (cos $\gamma$, sin $\gamma$))")
         ax.set_xlim(-math.pi, math.pi)
         ax.set_xticks([-math.pi, -math.pi / 2, 0, math.pi / 2, math.pi])
@@ -160,7 +163,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
                  for w in widths},
               "gamma": gamma.tolist(), "limit": limit.tolist(), "widths": summary,
               "figures": ["unit_circle.png"], "seconds": time.perf_counter() - t0,
-              "unit_seconds_total": compute_seconds(values)}
+              **timing(values)}
     if len(widths) == 2 and min(means.values()) > 0:
         # descriptive, not a fitted rate (two widths): the rates are judged in ntk-drift
         result["change_exponent_between_the_two_widths"] = float(

@@ -36,8 +36,8 @@ import ntkit as nk
 from ntkit.empirical import empirical_ntk
 from .common import (pyplot, relative_frobenius, relu_mlp, save_figure, sphere_inputs,
                      standalone_main, start_run, write_results)
-from .rates import (STATED, compute_seconds, flat_summary, judge, per_width, rate_panel,
-                    run_units, setup_title, unit_key)
+from .rates import (STATED, flat_summary, judge, per_width, rate_panel, run_units, setup_title,
+                    timing, unit_key)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048, 4096, 8192], "seeds": 10, "n": 32, "d": 8,
         "depth": 4, "W_std": 1.0, "b_std": 0.1, "x_min": 256, "dtype": "float32"}
@@ -108,7 +108,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
               "std_relative_distance": [float(np.std(s)) for s in samples],
               "per_seed": {str(w): s for w, s in zip(widths, samples)},
               "figures": ["width_sweep.png"], "seconds": time.perf_counter() - t0,
-              "unit_seconds_total": compute_seconds(values)}
+              **timing(values)}
     write_results(out_dir, result)
     return result
 
