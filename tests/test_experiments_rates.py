@@ -188,3 +188,27 @@ def test_activation_option_builds_the_smooth_control_and_names_bad_values():
     assert not any(isinstance(layer, nk.Erf) for layer in jacot_mlp(8, ntk_drift.QUICK).layers)
     with pytest.raises(ValueError, match="activation must be one of relu, erf"):
         jacot_mlp(8, dict(cfg, activation="tanh"))
+
+
+def test_linearization_control_runs_alongside_and_is_judged_apart(tmp_path, monkeypatch):
+    steps = 10
+    t = len(linearization.recorded_steps(steps))
+    seen = []
+
+    def fake(width, init, cfg, seed):   # ReLU falls like m^-1/2, the erf control like m^-1
+        seen.append(cfg["activation"])
+        rate = -1.0 if cfg["activation"] == "erf" else -0.5
+        return {"err_lin": power_law(width, init, rate, salt=3),
+                "err_inf": power_law(width, init, -0.5, salt=4), "final_train_loss": 1e-3,
+                "f": np.zeros((t, 20)).tolist(), "lin": np.zeros((t, 20)).tolist()}
+
+    monkeypatch.setattr(linearization, "one_network", fake)
+    res = linearization.run(tmp_path, quick=True, widths=WIDTHS, inits=8, steps=steps,
+                            x_min=128, control="erf")
+    assert seen.count("erf") == seen.count("relu") == 40
+    assert res["linearized_verdict"] == NOT_CONSISTENT
+    assert res["erf_control_linearized_verdict"] == CONSISTENT
+    assert res["control"]["rates"]["linearized"]["stated_rate"] == -1.0
+    assert (tmp_path / "units" / "erf_w128_i0.json").exists()
+    with pytest.raises(ValueError, match="control must be another activation"):
+        linearization.run(tmp_path / "bad", quick=True, control="relu")

@@ -24,6 +24,11 @@ Rates, fitted over widths m ≥ ``x_min`` with 95% bootstrap intervals over init
 The verdicts come from the intervals (``statistics.rate_verdict``); the numbers of the full run
 are in ``results/linearization/results.json`` (the module states none).
 
+Smooth control (``control``, full run: erf): the same measurement on networks with erf in place
+of ReLU (its units are named ``erf_w…``), judged against the same rates. The m^-1 statements
+for the change of the NTK are derived for smooth activations (e.g. Dyer & Gur-Ari 2020); the
+control shows whether a departure of the ReLU networks comes from the kink of ReLU.
+
 Departures: the seeds give no widths, data or number of initializations for this experiment;
 the widths (128 … 2048, fit from 256) and 10 initializations per width are sized to run in
 about ten minutes on the shared two-core machine; float32 (quick: float64).
@@ -52,10 +57,10 @@ from .rates import (STATED, flat_summary, jacot_mlp, judge, per_width, rate_pane
                     setup_title, timing, unit_key)
 
 FULL = {"widths": [128, 256, 512, 1024, 2048], "inits": 10, "depth": 4, "activation": "relu",
-        "W_std": 1.0, "b_std": 0.1, "steps": 200, "lr_fraction": 0.5, "x_min": 256,
+        "control": "erf", "W_std": 1.0, "b_std": 0.1, "steps": 200, "lr_fraction": 0.5, "x_min": 256,
         "dtype": "float32"}
 QUICK = {"widths": [64, 128, 256, 512], "inits": 2, "depth": 4, "activation": "relu",
-         "W_std": 1.0, "b_std": 0.1, "steps": 40, "lr_fraction": 0.5, "x_min": 64,
+         "control": None, "W_std": 1.0, "b_std": 0.1, "steps": 40, "lr_fraction": 0.5, "x_min": 64,
          "dtype": "float64"}
 
 def make_data(seed: int, n_train: int = 8, n_test: int = 12, dim: int = 4):
@@ -126,7 +131,8 @@ def one_network(width: int, init: int, cfg: Dict, seed: int) -> Dict:
             "f": f.tolist(), "lin": lin.tolist()}
 
 
-def plot(path: Path, widths, samples, verdicts, trajectory, cfg, quick: bool) -> None:
+def plot(path: Path, widths, samples, verdicts, trajectory, cfg, quick: bool,
+         control: Optional[Dict] = None) -> None:
     plt = pyplot()
     record = recorded_steps(cfg["steps"])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -143,10 +149,13 @@ def plot(path: Path, widths, samples, verdicts, trajectory, cfg, quick: bool) ->
     a1.set_ylabel(r"output $f_t(x)$")
     a1.set_title(f"width {widths[-1]:,}: network vs its linearization", fontsize=10)
     a1.legend(fontsize=7)
-    rate_panel(a2, widths, [(samples["err_lin"], verdicts["err_lin"], "tab:blue",
-                             "vs own linearization", "o"),
-                            (samples["err_inf"], verdicts["err_inf"], "tab:orange",
-                             "vs infinite-width NTK", "s")],
+    series = [(samples["err_lin"], verdicts["err_lin"], "tab:blue", "vs own linearization", "o"),
+              (samples["err_inf"], verdicts["err_inf"], "tab:orange", "vs infinite-width NTK",
+               "s")]
+    if control is not None:
+        series.append((control["samples"]["err_lin"], control["verdicts"]["err_lin"],
+                       "tab:green", f"{cfg['control']} control: vs own linearization", "^"))
+    rate_panel(a2, widths, series,
                r"$\max_t \|f_t - g_t\| \,/\, \max_t \|f_t - f_0\|$",
                setup_title(cfg, cfg["inits"], quick))
     save_figure(fig, path, dpi=100)
@@ -157,17 +166,33 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
     cfg, out_dir, t0 = start_run(out_dir, quick, options, QUICK, FULL)
     widths = sorted(int(w) for w in cfg["widths"])
     inits = int(cfg["inits"])
-    by_key = {unit_key(w, i): (w, i) for w in widths for i in range(inits)}
-    values, partial = run_units(out_dir, "linearization", cfg, seed, list(by_key),
-                                lambda key: one_network(*by_key[key], cfg, seed), shard,
-                                progress)
+    if cfg["control"] == cfg["activation"]:
+        raise ValueError(f"control must be another activation than {cfg['activation']!r} "
+                         f"(or none)")
+    acts = [cfg["activation"]] + ([cfg["control"]] if cfg["control"] else [])
+
+    def key(act: str, w: int, i: int) -> str:  # the control's units carry its name
+        return unit_key(w, i) if act == cfg["activation"] else f"{act}_{unit_key(w, i)}"
+
+    by_key = {key(a, w, i): (a, w, i) for a in acts for w in widths for i in range(inits)}
+    all_units, partial = run_units(
+        out_dir, "linearization", cfg, seed, list(by_key),
+        lambda k: one_network(by_key[k][1], by_key[k][2], dict(cfg, activation=by_key[k][0]),
+                              seed), shard, progress)
     if partial is not None:
         return partial
-    samples = {k: per_width(values, widths, inits, k) for k in ("err_lin", "err_inf")}
-    verdicts = {key: judge(widths, samples[key], *STATED[rate], x_min=cfg["x_min"])
-                for key, rate in (("err_lin", "linearization"), ("err_inf", "infinite_width"))}
+    analyses = {}
+    for act in acts:
+        own = {unit_key(w, i): all_units[key(act, w, i)] for w in widths for i in range(inits)}
+        samples = {k: per_width(own, widths, inits, k) for k in ("err_lin", "err_inf")}
+        analyses[act] = {"values": own, "samples": samples, "verdicts": {
+            k: judge(widths, samples[k], *STATED[rate], x_min=cfg["x_min"])
+            for k, rate in (("err_lin", "linearization"), ("err_inf", "infinite_width"))}}
+    main_run = analyses[cfg["activation"]]
+    samples, verdicts, values = main_run["samples"], main_run["verdicts"], main_run["values"]
+    control = analyses.get(cfg["control"]) if cfg["control"] else None
     widest = values[unit_key(widths[-1], 0)]
-    plot(out_dir / "linearization.png", widths, samples, verdicts, widest, cfg, quick)
+    plot(out_dir / "linearization.png", widths, samples, verdicts, widest, cfg, quick, control)
     rows = [{"width": w, "rel_err_linearized": float(np.mean(samples["err_lin"][j])),
              "rel_err_analytic_ntk": float(np.mean(samples["err_inf"][j])),
              "final_train_loss": float(np.mean([values[unit_key(w, i)]["final_train_loss"]
@@ -183,8 +208,20 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, progress: Optional[bo
                **flat_summary("analytic_ntk", verdicts["err_inf"]),
                "rates": {"linearized": verdicts["err_lin"], "analytic_ntk": verdicts["err_inf"]},
                "widths": rows, "figures": ["linearization.png"],
-               "seconds": time.perf_counter() - t0,
-               **timing(values)}
+               "seconds": time.perf_counter() - t0}
+    if control is not None:
+        cv = control["verdicts"]
+        results.update(**flat_summary(f"{cfg['control']}_control_linearized", cv["err_lin"]),
+                       **flat_summary(f"{cfg['control']}_control_analytic_ntk", cv["err_inf"]))
+        results["control"] = {
+            "activation": cfg["control"],
+            "learning_rate": learning_rate(dict(cfg, activation=cfg["control"]), seed),
+            "rates": {"linearized": cv["err_lin"], "analytic_ntk": cv["err_inf"]},
+            "rel_err_linearized_per_init": dict(zip(map(str, widths),
+                                                    control["samples"]["err_lin"])),
+            "rel_err_analytic_ntk_per_init": dict(zip(map(str, widths),
+                                                      control["samples"]["err_inf"]))}
+    results.update(timing(all_units))
     return write_results(out_dir, results)
 
 

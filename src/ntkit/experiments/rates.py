@@ -92,8 +92,9 @@ def run_units(out_dir: Path, experiment: str, cfg: Dict, seed: int, keys: Sequen
     def bar(todo):
         shown = progress_bar(todo, experiment, progress)
         for key in shown:  # name the unit being computed: "<experiment>: width 500, init 3"
-            m = re.fullmatch(r"w(\d+)_i(\d+)", key)
-            what = f"width {m.group(1)}, init {m.group(2)}" if m else key
+            m = re.fullmatch(r"(?:([a-z]+)_)?w(\d+)_i(\d+)", key)
+            what = (f"{m.group(1) + ', ' if m.group(1) else ''}width {m.group(2)}, "
+                    f"init {m.group(3)}") if m else key
             shown.set_description(f"{experiment}: {what}" + (f" (shard {part})" if part else ""))
             yield key
 
