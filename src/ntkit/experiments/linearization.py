@@ -135,7 +135,7 @@ def plot(path: Path, widths, samples, verdicts, trajectory, cfg, quick: bool,
          control: Optional[Dict] = None) -> None:
     plt = pyplot()
     record = recorded_steps(cfg["steps"])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 6.4))
     f, lin = np.asarray(trajectory["f"]), np.asarray(trajectory["lin"])
     n_tr = 8
     picks = [(n_tr + j, f"test {j}") for j in range(3)] + [(j, f"train {j}") for j in range(2)]
@@ -157,7 +157,7 @@ def plot(path: Path, widths, samples, verdicts, trajectory, cfg, quick: bool,
                        "tab:green", f"{cfg['control']} control: vs own linearization", "^"))
     rate_panel(a2, widths, series,
                r"$\max_t \|f_t - g_t\| \,/\, \max_t \|f_t - f_0\|$",
-               setup_title(cfg, cfg["inits"], quick))
+               setup_title(cfg, cfg["inits"], quick), legend_below=True)
     save_figure(fig, path, dpi=100)
 
 

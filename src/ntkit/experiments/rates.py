@@ -214,10 +214,11 @@ def setup_title(cfg: Dict, inits, quick: bool) -> str:
             f"{inits} inits per width" + (" (quick)" if quick else ""))
 
 
-def rate_panel(ax, widths: Sequence[int], series: Sequence[tuple], ylabel: str, title: str
-               ) -> None:
+def rate_panel(ax, widths: Sequence[int], series: Sequence[tuple], ylabel: str, title: str,
+               legend_below: bool = False) -> None:
     """A log-log panel of measured rates: ``series`` of (samples, verdict, colour, label,
-    marker) drawn by ``draw``, one labelled tick per width, axis labels, title and legend."""
+    marker) drawn by ``draw``, one labelled tick per width, axis labels, title and legend (in
+    the lower left corner, or below the axes with ``legend_below``)."""
     for samples, verdict, color, label, marker in series:
         draw(ax, widths, samples, verdict, color, label, marker)
     ax.set_yscale("log")
@@ -225,4 +226,7 @@ def rate_panel(ax, widths: Sequence[int], series: Sequence[tuple], ylabel: str, 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    if legend_below:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    else:
+        ax.legend(fontsize=7, loc="lower left")
