@@ -24,7 +24,7 @@ from typing import Callable, Dict, Tuple
 REGISTRY: Dict[str, Tuple[str, str]] = {
     # name: (module, description)
     "width-sweep": ("width_sweep", "empirical NTK -> analytic NTK as width grows (slope ~ -1/2)"),
-    "unit-circle": ("unit_circle", "Jacot et al.: NTK on the unit circle, widths 500 and 10,000, before/after training"),
+    "unit-circle": ("unit_circle", "Jacot et al. Fig. 1: NTK on the unit circle at two widths (full run: 500 and 10,000; quick: 64 and 512), before/after training"),
     "ntk-drift": ("ntk_drift", "distance of the NTK after training from the NTK at init, against width"),
     "linearization": ("linearization", "outputs of a wide net during training vs its linearization f_t^lin"),
     "ntk-gp": ("ntk_gp", "Jacot et al.: trained networks vs the NTK-GP and the NTK-prior posterior, variance test"),
