@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiments", default=None, metavar="LIST",
                    help="comma-separated experiments to include, 'all' or 'none' "
                         "(default: the fast ones; none with --quick)")
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help="folder of the full runs kept by 'ntkit reproduce' (results/NAME/), "
+                        "shown in the report beside the quick runs; 'none' to leave them out "
+                        "(default: results)")
     _global_options(p, suppress=True)
     return parser
 
@@ -308,7 +312,8 @@ def _cmd_demo(ctx: Context, args) -> int:
     ctx.seed_everything()
     index = run_demo(out, names, quick=args.quick, seed=ctx.seed, dtype=ctx.dtype,
                      device=ctx.device, say=None if ctx.quiet else ctx.say,
-                     progress=None if ctx.quiet else ctx.progress)
+                     progress=None if ctx.quiet else ctx.progress,
+                     results_dir=None if args.results.lower() == "none" else Path(args.results))
     print(f"report: {index}")
     return EXIT_OK
 

@@ -1,9 +1,12 @@
 """The report page: ``render(results) -> html`` from the demo's results dict."""
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List
 
+from .full_runs import full_runs_section
 from .html import Num, card, esc, figure, page, table
+from .verdicts import find_verdicts, verdict_table
 
 _MAX_EXPERIMENT_ROWS = 14
 
@@ -52,7 +55,7 @@ def _depth_table(d: Dict[str, Any]) -> str:
                          f"regression.")
 
 
-def _digits_section(d: Dict[str, Any]) -> str:
+def _digits_section(d: Dict[str, Any], quick: bool) -> str:
     base = "digits-kernels"
     fig = d["figures"]
     cfg = d["config"]
@@ -71,7 +74,8 @@ def _digits_section(d: Dict[str, Any]) -> str:
     return f"""
 <section id="digits">
 <h2>Which kernel wins on digits?</h2>
-<p class="lead">scikit-learn's handwritten digits (8×8 pixels, 10 classes), pixels standardized.
+<p class="lead"><b>{"Quick run (reduced data): not the full configuration." if quick else
+"Full configuration, run while this report was built."}</b> scikit-learn's handwritten digits (8×8 pixels, 10 classes), pixels standardized.
 Each infinite-width network is <code>{esc(cfg['arch'])}</code>: L hidden ReLU layers in the NTK
 parameterization. <b>NTK regression</b> is what an infinitely wide network converges to when
 trained by gradient descent on the squared loss; <b>NNGP regression</b> is the Bayesian posterior
@@ -116,12 +120,30 @@ depth.</p>
 </section>"""
 
 
-_NOT_HEADLINE = ("seed", "seconds", "quick", "experiment", "config", "figures", "dtype", "device")
+_NOT_HEADLINE = ("seed", "seconds", "quick", "experiment", "config", "figures", "dtype", "device",
+                 "machine", "reproduce", "markdown", "figure_depth_ticks", "kernel_seconds",
+                 "paper_reference")
 
 
-def _scalar_rows(name: str, results: Dict[str, Any]) -> List[tuple]:
+def headline(description: str, results: Dict[str, Any]) -> str:
+    """The experiment's one-line description with the widths the run used: a description naming
+    widths ("widths 500 and 10,000", the seed's) gets the run's ``config.widths`` in their
+    place, so that the headline never contradicts the figure below it."""
+    config = results.get("config") if isinstance(results, dict) else None
+    widths = config.get("widths") if isinstance(config, dict) else None
+    if isinstance(widths, list) and widths and all(isinstance(w, (int, float)) for w in widths):
+        shown = ", ".join(f"{w:,}" for w in widths)
+        number = r"\d+(?:,\d{3})*"
+        text, n = re.subn(rf"\bwidths? {number}(?:(?:, and |, | and ){number})*",
+                          f"widths {shown}", description)
+        return text if n else f"{description} (widths {shown})"
+    return description
+
+
+def _scalar_rows(results: Dict[str, Any], prefix: str) -> List[tuple]:
     """The experiment's headline numbers: its scalar results (top level, and one level down),
-    leaving out its configuration and bookkeeping."""
+    leaving out its configuration, bookkeeping and rate verdicts (shown in their own table);
+    ``prefix``: where ``results`` sits in the report's results.json."""
     rows = []
 
     def add(key: str, value: Any, path: str) -> None:
@@ -133,15 +155,21 @@ def _scalar_rows(name: str, results: Dict[str, Any]) -> List[tuple]:
             rows.append((key, value))
 
     for key, value in results.items():
-        if "." in str(key) or key in _NOT_HEADLINE:
+        if "." in str(key) or key in _NOT_HEADLINE or find_verdicts(value):
             continue
         if isinstance(value, dict):
             for sub, v in value.items():
                 if "." not in str(sub) and sub not in _NOT_HEADLINE and not isinstance(v, (dict, list)):
-                    add(f"{key} / {sub}", v, f"experiments.{name}.results.{key}.{sub}")
+                    add(f"{key} / {sub}", v, f"{prefix}.{key}.{sub}")
         else:
-            add(str(key), value, f"experiments.{name}.results.{key}")
+            add(str(key), value, f"{prefix}.{key}")
     return rows
+
+
+def _numbers(name: str, results: Dict[str, Any], prefix: str) -> str:
+    rows = _scalar_rows(results, prefix)
+    numbers = table(["result", "value"], rows, caption="From its results.json") if rows else ""
+    return numbers + _config_line(results)
 
 
 def _config_line(results: Dict[str, Any]) -> str:
@@ -154,20 +182,27 @@ def _config_line(results: Dict[str, Any]) -> str:
     return f'<p class="config">Configuration: <code>{esc(text)}</code></p>' if text else ""
 
 
-def _experiment_block(name: str, e: Dict[str, Any]) -> str:
+def _experiment_block(name: str, e: Dict[str, Any], full: Dict[str, Any]) -> str:
     status = e["status"]
-    head = (f'<h3 id="exp-{esc(name)}">{esc(name)}<span class="status {status}">{status}</span></h3>'
-            f'<p class="lead">{esc(e["description"])}'
-            + (f" — ran in {e['seconds']:.1f} s (quick configuration)." if "seconds" in e else "")
-            + "</p>")
+    results = e.get("results") or {}
+    full_link = (f' Its full run is <a href="#full-{esc(name)}">above</a>.'
+                 if full.get(name, {}).get("status") == "ok" else "")
+    head = (f'<h3 id="exp-{esc(name)}">{esc(name)}<span class="status {status}">{status}</span>'
+            f'<span class="status skipped">quick run</span></h3>'
+            f'<p class="lead">{esc(headline(e["description"], results))}'
+            + (f" — quick configuration, ran in {e['seconds']:.1f} s while building this "
+               f"report." if "seconds" in e else "") + full_link + "</p>")
     if status != "ok":
         return head + f"<p>{esc(e.get('reason', ''))}</p>"
-    figs = "".join(figure(f"{e['dir']}/{f}", f"<code>{esc(f)}</code>", f"{name}: {f}")
+    figs = "".join(figure(f"{e['dir']}/{f}", f"<code>{esc(f)}</code> (quick run)", f"{name}: {f}")
                    for f in e["figures"])
-    results = e.get("results") or {}
-    rows = _scalar_rows(name, results)
-    numbers = table(["result", "value"], rows, caption="From its results.json") if rows else ""
-    return head + figs + numbers + _config_line(results)
+    prefix = f"experiments.{name}.results"
+    return head + figs + verdict_table(results, prefix) + _numbers(name, results, prefix)
+
+
+def _describe(name: str, results: Dict[str, Any]) -> str:
+    from ..experiments import REGISTRY
+    return esc(headline(REGISTRY.get(name, ("", name))[1], results))
 
 
 def render(results: Dict[str, Any]) -> str:
@@ -194,28 +229,38 @@ def render(results: Dict[str, Any]) -> str:
              f"{env['cpus']} CPU cores, {esc(env['device'])}, {esc(env['dtype'])}"),
     ])
     exps = results["experiments"]
+    full = results.get("full_runs") or {}
+    full_html = full_runs_section(full, _describe, _numbers, verdict_table)
     exp_html = ""
     if exps:
-        blocks = "".join(_experiment_block(n, e) for n, e in exps.items())
-        exp_html = (f'<section id="experiments"><h2>Theory against real networks</h2>'
-                    f'<p class="lead">Quick configurations of the reproductions; each one runs in '
-                    f'full with <code>ntkit experiment NAME</code>.</p>{blocks}</section>')
+        blocks = "".join(_experiment_block(n, e, full) for n, e in exps.items())
+        exp_html = (f'<section id="experiments"><h2>Theory against real networks (quick runs)</h2>'
+                    f'<p class="lead">Every number and figure in this section comes from a quick '
+                    f'configuration, run while this report was built; the full runs, where kept, '
+                    f'are in the section above. Each experiment runs in full with '
+                    f'<code>ntkit reproduce NAME</code>.</p>{blocks}</section>')
     reproduce = f"""
 <section id="reproduce">
 <h2>Reproduce</h2>
 <pre>ntkit demo --out ntkit-report                  # this page
 ntkit experiment digits-kernels                # the digits comparison alone
 ntkit fit --arch fc:depth={chosen['ntk']['depth']},act=relu,W_std=1.414,b_std=0.05 --data digits
-ntkit experiment --list                        # every reproduction</pre>
+ntkit experiment --list                        # every reproduction
+ntkit reproduce NAME                           # its full run into results/NAME (make results: all)</pre>
 <p>All numbers on this page are in <a href="results.json">results.json</a>.</p>
 </section>"""
     nav = [("digits", "Digits: NTK vs baselines")]
+    if full:
+        nav.append(("full-runs", "Full runs"))
     if exps:
-        nav.append(("experiments", "Theory vs real networks"))
+        nav.append(("experiments", "Quick runs"))
     nav.append(("reproduce", "Reproduce"))
     subtitle = (f"What the Neural Tangent Kernel does on real data — generated {esc(results['generated'])}"
-                + (" · quick mode (reduced data)" if results.get("quick") else ""))
+                + (" · quick mode (reduced data)" if results.get("quick") else "")
+                + (f" · {len(full)} full run(s) from results/" if full else "")
+                + (" · the theory experiments are quick runs" if exps else ""))
     footer = (f"ntkit {esc(env['ntkit'])} · torch {esc(env['torch'])} · Python {esc(env['python'])} · "
               f"{esc(env['platform'])} · seed {env['seed']}")
-    body = f'<div class="cards">{cards}</div>' + _digits_section(d) + exp_html + reproduce
+    body = (f'<div class="cards">{cards}</div>' + _digits_section(d, bool(results.get("quick")))
+            + full_html + exp_html + reproduce)
     return page("ntkit report", subtitle, nav, body, footer)
