@@ -141,28 +141,26 @@ def headline(description: str, results: Dict[str, Any]) -> str:
 
 
 def _scalar_rows(results: Dict[str, Any], prefix: str) -> List[tuple]:
-    """The experiment's headline numbers: its scalar results (top level, and one level down),
-    leaving out its configuration, bookkeeping and rate verdicts (shown in their own table);
-    ``prefix``: where ``results`` sits in the report's results.json."""
+    """The experiment's headline numbers: its scalar results (top level, and up to two levels
+    down in dicts), leaving out its configuration, bookkeeping and rate verdicts (shown in
+    their own table); ``prefix``: where ``results`` sits in the report's results.json."""
     rows = []
 
-    def add(key: str, value: Any, path: str) -> None:
+    def add(key: str, value: Any, path: str, level: int) -> None:
         if isinstance(value, bool) or len(rows) >= _MAX_EXPERIMENT_ROWS:
             return
-        if isinstance(value, (int, float)):
+        if isinstance(value, dict) and level < 2 and not find_verdicts(value):
+            for sub, v in value.items():
+                if "." not in str(sub) and sub not in _NOT_HEADLINE:
+                    add(f"{key} / {sub}", v, f"{path}.{sub}", level + 1)
+        elif isinstance(value, (int, float)):
             rows.append((key, Num(value, path, "int" if isinstance(value, int) else "num")))
         elif isinstance(value, str) and len(value) <= 80:
             rows.append((key, value))
 
     for key, value in results.items():
-        if "." in str(key) or key in _NOT_HEADLINE or find_verdicts(value):
-            continue
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                if "." not in str(sub) and sub not in _NOT_HEADLINE and not isinstance(v, (dict, list)):
-                    add(f"{key} / {sub}", v, f"{prefix}.{key}.{sub}")
-        else:
-            add(str(key), value, f"{prefix}.{key}")
+        if "." not in str(key) and key not in _NOT_HEADLINE:
+            add(str(key), value, f"{prefix}.{key}", 0)
     return rows
 
 
