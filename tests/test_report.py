@@ -110,6 +110,10 @@ def _fake_results(folder: Path) -> Path:
     (folder / "ntk-gp").mkdir()
     (folder / "ntk-gp" / "results.json").write_text(json.dumps(
         {"experiment": "ntk-gp", "quick": True, "fraction_inside": 0.8}))
+    (folder / "cifar10-cntk").mkdir()
+    (folder / "cifar10-cntk" / "results.json").write_text(json.dumps(
+        {"experiment": "cifar10-cntk", "quick": False, "markdown": "| depth |",
+         "reproduce": {"options": {"n_test": 1000}, "finished": "2026-12-01 19:00 UTC"}}))
     (folder / "not-an-experiment").mkdir()
     (folder / "not-an-experiment" / "results.json").write_text("{}")
     return folder
@@ -133,7 +137,9 @@ def test_full_runs_are_shown_labelled_with_their_verdicts(report):
     no experiment is left out; the digits section says it is a quick run."""
     page, results, parser = _check_page(report)
     full = results["full_runs"]
-    assert set(full) == {"width-sweep", "ntk-gp"}
+    assert set(full) == {"width-sweep", "ntk-gp", "cifar10-cntk"}
+    assert full["cifar10-cntk"]["label"] == ("run with options n_test=1000 (not the full "
+                                             "configuration), 2026-12-01 19:00 UTC")
     assert "full/width-sweep/error_vs_width.png" in parser.links
     assert full["width-sweep"]["label"] == ("full run, 2026-12-01 18:40 UTC, 2 CPUs, load 1.5, "
                                             "321 s wall")

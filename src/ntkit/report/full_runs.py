@@ -14,8 +14,9 @@ from .html import esc, figure
 
 
 def run_label(results: Dict[str, Any], fallback_date: str) -> str:
-    """'full run, <date>, <machine>' (or 'quick run, ...') from results.json's ``reproduce``
-    and ``machine`` records."""
+    """'full run, <date>, <machine>' from results.json's ``reproduce`` and ``machine`` records;
+    'quick run, ...' for a quick configuration, 'run with options k=v (not the full
+    configuration), ...' when options changed the full configuration."""
     rec = results.get("reproduce") if isinstance(results.get("reproduce"), dict) else {}
     quick = bool(results.get("quick") or rec.get("quick"))
     date = rec.get("finished") or fallback_date
@@ -30,8 +31,12 @@ def run_label(results: Dict[str, Any], fallback_date: str) -> str:
     seconds = rec.get("wall_seconds", results.get("seconds"))
     if isinstance(seconds, (int, float)):
         where.append(f"{seconds:.0f} s wall")
-    return (("quick run" if quick else "full run") + f", {date}"
-            + (f", {', '.join(where)}" if where else ""))
+    options = {k: v for k, v in (rec.get("options") or {}).items() if k != "shard"}
+    kind = ("quick run" if quick else
+            "full run" if not options else
+            "run with options " + ", ".join(f"{k}={v}" for k, v in options.items())
+            + " (not the full configuration)")
+    return kind + f", {date}" + (f", {', '.join(where)}" if where else "")
 
 
 def collect_full_runs(results_dir: Optional[Path], out: Path) -> Dict[str, Dict[str, Any]]:
