@@ -195,3 +195,18 @@ def test_sharded_run_and_merge_equal_the_unsharded_run(tmp_path):
         assert not (tmp_path / "sharded" / "results.json").exists()
     merged = run(tmp_path / "sharded", **cfg)
     assert merged["rows"] == whole["rows"]
+
+
+@pytest.mark.skipif(not NPZ.is_file(), reason="shared CIFAR-10 subset absent")
+def test_a_run_with_more_depths_reuses_the_finished_ones(tmp_path, monkeypatch):
+    run = get("cifar10-cntk")
+    first = run(tmp_path, quick=True, device="cpu", depths=[3], gap_depths=[])
+    computed = []
+    real = cifar10_cntk._kernels
+    monkeypatch.setattr(cifar10_cntk, "_kernels",
+                        lambda arch, *a: computed.append(arch) or real(arch, *a))
+    second = run(tmp_path, quick=True, device="cpu", depths=[3, 4], gap_depths=[])
+    assert len(computed) == 1                      # depth 4 only
+    assert second["rows"][0] == first["rows"][0] and second["rows"][1]["depth"] == 4
+    with pytest.raises(ValueError, match="n_test"):   # other images: other units, refused
+        run(tmp_path, quick=True, device="cpu", depths=[3], gap_depths=[], n_test=10)

@@ -31,7 +31,8 @@ and CNTK-GAP on 250 / 250 images when a GPU is present (skipped on the CPU, wher
 pixel-pair kernel takes hours; ``gap_n_train`` / ``gap_n_test`` force it). On a 2-core CPU the
 V column alone takes about a day in float64: run a reduced configuration there (fewer depths
 and test images), which results.json and the table record. Each (column, depth) is one unit
-of ``experiments.units``: a run resumes after a crash and splits with ``shard``.
+of ``experiments.units``: a run resumes after a crash, splits with ``shard``, and a later run
+with more depths in the same folder computes only the new ones.
 """
 from __future__ import annotations
 
@@ -264,9 +265,11 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
         return {"accuracy": regression_accuracy(k_tr, k_te, ya, yb), "kernel_seconds": seconds,
                 "device": str(dev)}
 
-    store = UnitStore(out_dir, "cifar10-cntk", {**cfg, "dtype": str(dtype), "quick": bool(quick),
-                                                "gap_n_train": gap_n_train,
-                                                "gap_n_test": gap_n_test, "jpeg_test": jpeg}, 0)
+    # a unit's value depends on these alone (not on the other depths of the run): a run with
+    # more depths in the same folder reuses the finished ones
+    store = UnitStore(out_dir, "cifar10-cntk", {
+        "n_train": n_train, "n_test": n_test, "gap_n_train": gap_n_train,
+        "gap_n_test": gap_n_test, "dtype": str(dtype), "quick": bool(quick), "jpeg_test": jpeg}, 0)
     bar = lambda todo: progress_bar(todo, "cifar10-cntk", progress, unit="kernel")  # noqa: E731
     done = store.compute(keys, unit, shard=Shard.parse(shard) if shard else None, progress=bar)
     if shard:
