@@ -52,7 +52,7 @@ def accuracy_vs_depth(path: Path, depths: Sequence[int], ntk: Sequence[float],
     ax.set_xticks(list(depths))
     ax.set_xticklabels([str(d) for d in depths])
     ax.set_xlabel("depth (number of hidden layers)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("accuracy (%)" if cv is not None else "test accuracy (%)")
     low, high = min(values), max(values)
     pad = max(0.5, 0.15 * (high - low))
     ax.set_ylim(low - pad, min(100.0, high + pad))
