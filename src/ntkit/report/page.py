@@ -195,7 +195,10 @@ def _experiment_block(name: str, e: Dict[str, Any], full: Dict[str, Any]) -> str
     figs = "".join(figure(f"{e['dir']}/{f}", f"<code>{esc(f)}</code> (quick run)", f"{name}: {f}")
                    for f in e["figures"])
     prefix = f"experiments.{name}.results"
-    return head + figs + verdict_table(results, prefix) + _numbers(name, results, prefix)
+    body = figs + verdict_table(results, prefix) + _numbers(name, results, prefix)
+    if full_link:   # the full run is the one to read: the quick one folds away
+        body = f"<details><summary>the quick run's figures and numbers</summary>{body}</details>"
+    return head + body
 
 
 def _describe(name: str, results: Dict[str, Any]) -> str:
