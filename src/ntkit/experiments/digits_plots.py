@@ -98,9 +98,22 @@ def kernel_matrices(path: Path, panels: List[tuple], labels: np.ndarray) -> Path
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
     fig.suptitle("Normalized kernels on test digits, sorted by class", y=1.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_palette_png(fig, path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_palette_png(fig, path: Path, dpi: int) -> None:
+    """Save ``fig`` as a 256-colour palette PNG: images of matrices compress badly in full
+    colour (600 KB for the kernel grid), and the results kept in the repository stay small."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    buf.seek(0)
+    Image.open(buf).convert("RGB").quantize(colors=256).save(path, optimize=True)
 
 
 def kernel_pca(path: Path, panels: List[tuple], labels: np.ndarray) -> Path:
