@@ -142,7 +142,8 @@ def _plot(rows: List[Dict], path: Path, v_label: str, gap_label: str, test_kind:
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     depths = [r["depth"] for r in rows]
 
-    dodge = 0.01 * (max(depths) - min(depths) or 10)
+    pad = max(1.0, 0.06 * (max(depths) - min(depths)))
+    dodge = 0.12 * pad
 
     def series(key, paper_key, style, paper_style, label, paper_label, shift):
         have = [r for r in rows if r[key] is not None]
@@ -157,12 +158,13 @@ def _plot(rows: List[Dict], path: Path, v_label: str, gap_label: str, test_kind:
             ax.plot([r["depth"] for r in paper], [r[paper_key] for r in paper], paper_style,
                     label=paper_label)
 
-    series("ntkit_v", "paper_v_2k", "b-o", "b--", f"ntkit CNTK-V ({v_label})",
+    series("ntkit_v", "paper_v_2k", "b-o", "b--x", f"ntkit CNTK-V ({v_label})",
            "paper CNTK-V-2K", -dodge)
-    series("ntkit_gap", "paper_gap_2k", "r-s", "r--", f"ntkit CNTK-GAP ({gap_label})",
+    series("ntkit_gap", "paper_gap_2k", "r-s", "r--x", f"ntkit CNTK-GAP ({gap_label})",
            "paper CNTK-GAP-2K", dodge)
     ax.set_xticks(depths)
     ax.set_xticklabels([str(d) for d in depths])
+    ax.set_xlim(min(depths) - pad, max(depths) + pad)
     ax.set_xlabel("depth d (d − 1 convolution layers)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"CIFAR-10 CNTK (Arora et al. 2019, Table 1)\ntraining images lossless, "
