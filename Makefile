@@ -1,10 +1,10 @@
-# ntkit: make setup | make test | make demo | make bench
+# ntkit: make setup | make test | make demo | make results | make bench
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 
-.PHONY: setup test demo bench peer clean
+.PHONY: setup test demo results bench peer clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/ntkit demo --out ntkit-report
+
+# every experiment in its full configuration into results/NAME (hours; see README "Results")
+results: setup
+	$(VENV)/bin/ntkit reproduce --out results
 
 bench: setup
 	$(PY) benchmarks/fc_kernel.py

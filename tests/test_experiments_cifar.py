@@ -119,4 +119,94 @@ def test_quick_run_accuracies_equal_the_reference(tmp_path):
     assert res["rows"][0]["ntkit_gap"] == pytest.approx(ref_gap, abs=1e-9)
     assert res["rows"][1]["ntkit_gap"] is None          # quick: GAP at depth 3 only
     assert (tmp_path / "cifar10_cntk.png").stat().st_size > 0
+    assert res["figure_depth_ticks"] == ["3", "4"]          # integer ticks at the depths
+
+
+@pytest.mark.skipif(not NPZ.is_file(), reason="shared CIFAR-10 subset absent")
+def test_quick_run_states_its_data_and_shows_no_paper_column_of_another_size(tmp_path):
+    """20 training images: the paper's 2K columns must not appear (table, rows, figure data);
+    the data statement names the lossless training images, the JPEG test images and the
+    channel statistics, which must equal the statistics of the first 20 lossless images
+    computed here from the npz (independent of the loader)."""
+    res = get("cifar10-cntk")(tmp_path, quick=True, device="cpu")
+    table = (tmp_path / "table.md").read_text()
+    assert "40.94" not in table and "49.71" not in table and "paper CNTK" not in table
+    assert all(r["paper_v_2k"] is None and r["paper_gap_2k"] is None for r in res["rows"])
+    assert "ntkit CNTK-V (20 train / 20 test)" in table
+    assert "ntkit CNTK-GAP (10 train / 10 test)" in table
+    data = res["data"]
+    assert data["test_images_jpeg"] is True and "JPEG" in data["test"] and "JPEG" in table
+    assert "lossless" in data["train"] and "first 20" in data["train"]
+    with np.load(NPZ) as z:
+        raw = z["x_train_first4000_lossless"][:20].astype(np.float64) / 255.0
+    np.testing.assert_allclose(data["channel_mean"], raw.mean(axis=(0, 1, 2)), atol=1e-6)
+    np.testing.assert_allclose(data["channel_std"], raw.std(axis=(0, 1, 2)), atol=1e-6)
+    assert len(res["paper_columns_not_shown"]) == 2
+    for r in res["rows"]:   # the Wilson interval contains the accuracy, within [0, 100]
+        lo, hi = r["ntkit_v_interval"]
+        assert 0 <= lo <= r["ntkit_v"] <= hi <= 100
+
+
+def test_paper_column_shown_only_at_the_papers_training_size(tmp_path, monkeypatch):
+    """With 2,000 training images the paper's CNTK-V-2K value sits next to ntkit's (the
+    kernels replaced by a fake: this checks the table logic, not the kernels)."""
+    from ntkit.data.splits import TrainTest
+
+    rng = np.random.default_rng(0)
+    fake = TrainTest(rng.normal(size=(2000, 3, 2, 2)), rng.integers(0, 10, 2000),
+                     rng.normal(size=(100, 3, 2, 2)), np.repeat(np.arange(10), 10))
+    monkeypatch.setattr("ntkit.data.cifar10.load_cifar10", lambda *a, **k: fake)
+    flat = lambda a, b: (a.reshape(len(a), -1) @ b.reshape(len(b), -1).T + 1e-3 * (a is b))  # noqa: E731
+    monkeypatch.setattr(cifar10_cntk, "_kernels",
+                        lambda arch, xa, xb, dev, dt: (flat(xa, xa) + 50 * np.eye(len(xa)),
+                                                       flat(xb, xa)))
+    res = cifar10_cntk.run(tmp_path, depths=[3], n_train=2000, n_test=100, device="cpu",
+                           data_path=tmp_path)
+    assert res["rows"][0]["paper_v_2k"] == 40.94
     assert "| 3 | 40.94 |" in (tmp_path / "table.md").read_text()
+    assert res["paper_columns_not_shown"] == []
+
+
+def test_wilson_interval_against_the_closed_form():
+    """Wilson (1927): p = 0.5, n = 100, z = 1.96 -> [0.4038, 0.5962]."""
+    lo, hi = cifar10_cntk.wilson_interval(50.0, 100)
+    assert lo == pytest.approx(40.383, abs=1e-3) and hi == pytest.approx(59.617, abs=1e-3)
+
+
+def test_device_auto_follows_cuda_availability(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cifar10_cntk._device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        cifar10_cntk._device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cifar10_cntk._device("auto").type == "cuda"
+
+
+@pytest.mark.skipif(not NPZ.is_file(), reason="shared CIFAR-10 subset absent")
+def test_sharded_run_and_merge_equal_the_unsharded_run(tmp_path):
+    """Shards 1/2 and 2/2 then the merge give the rows of one unsharded run."""
+    run = get("cifar10-cntk")
+    cfg = dict(quick=True, device="cpu", gap_depths=[])
+    whole = run(tmp_path / "whole", **cfg)
+    for i in (1, 2):
+        part = run(tmp_path / "sharded", shard=f"{i}/2", **cfg)
+        assert part["partial"] is True and part["units_total"] == 2
+        assert not (tmp_path / "sharded" / "results.json").exists()
+    merged = run(tmp_path / "sharded", **cfg)
+    assert merged["rows"] == whole["rows"]
+
+
+@pytest.mark.skipif(not NPZ.is_file(), reason="shared CIFAR-10 subset absent")
+def test_a_run_with_more_depths_reuses_the_finished_ones(tmp_path, monkeypatch):
+    run = get("cifar10-cntk")
+    first = run(tmp_path, quick=True, device="cpu", depths=[3], gap_depths=[])
+    computed = []
+    real = cifar10_cntk._kernels
+    monkeypatch.setattr(cifar10_cntk, "_kernels",
+                        lambda arch, *a: computed.append(arch) or real(arch, *a))
+    second = run(tmp_path, quick=True, device="cpu", depths=[3, 4], gap_depths=[])
+    assert len(computed) == 1                      # depth 4 only
+    assert second["rows"][0] == first["rows"][0] and second["rows"][1]["depth"] == 4
+    with pytest.raises(ValueError, match="n_test"):   # other images: other units, refused
+        run(tmp_path, quick=True, device="cpu", depths=[3], gap_depths=[], n_test=10)

@@ -79,15 +79,99 @@ def _check_page(folder: Path):
     return page, results, parser
 
 
+#: a rate verdict as experiments.statistics.rate_verdict writes it (written out by hand here)
+VERDICT = {"slope": -0.97, "intercept": 0.3, "interval": [-1.08, -0.88], "level": 0.95,
+           "stated_rate": -1.0, "verdict": "consistent", "reason": "contains -1",
+           "source": "Lee et al. 2019"}
+
+
+def _fake_results(folder: Path) -> Path:
+    """A results/ folder as ntkit reproduce leaves it: a full width-sweep run (figure, verdict
+    nested two levels down, machine and reproduce records), a quick ntk-gp run, and a folder
+    that is no experiment."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = folder / "width-sweep"
+    full.mkdir(parents=True)
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([1, 2], [2, 1])
+    fig.savefig(full / "error_vs_width.png", dpi=50)
+    plt.close(fig)
+    (full / "units").mkdir()
+    (full / "results.json").write_text(json.dumps({
+        "experiment": "width-sweep", "quick": False, "slope_mean": -0.51,
+        "config": {"widths": [500, 10000], "dtype": "float64"},
+        "rates": {"error": VERDICT},
+        "machine": {"cpus": 2, "gpu": None, "load_average": [1.5, 1.2, 1.0]},
+        "reproduce": {"command": "ntkit reproduce width-sweep", "wall_seconds": 321.0,
+                      "finished": "2026-12-01 18:40 UTC", "quick": False}}))
+    (folder / "ntk-gp").mkdir()
+    (folder / "ntk-gp" / "results.json").write_text(json.dumps(
+        {"experiment": "ntk-gp", "quick": True, "fraction_inside": 0.8}))
+    (folder / "cifar10-cntk").mkdir()
+    (folder / "cifar10-cntk" / "results.json").write_text(json.dumps(
+        {"experiment": "cifar10-cntk", "quick": False, "markdown": "| depth |",
+         "reproduce": {"options": {"n_test": 1000}, "finished": "2026-12-01 19:00 UTC"}}))
+    (folder / "not-an-experiment").mkdir()
+    (folder / "not-an-experiment" / "results.json").write_text("{}")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "ntkit-report"
+    kept = _fake_results(tmp_path_factory.mktemp("kept") / "results")
     res = subprocess.run([sys.executable, "-m", "ntkit.cli", "demo", "--quick", "--experiments",
-                          "none", "--out", str(out), "-q"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=600)
+                          "none", "--out", str(out), "--results", str(kept), "-q"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == f"report: {out / 'index.html'}"
     return out
+
+
+def test_full_runs_are_shown_labelled_with_their_verdicts(report):
+    """The kept full run's figure, verdict (slope, interval, stated rate) and label are on the
+    page, its numbers are the JSON's; the quick kept run is labelled quick; the folder that is
+    no experiment is left out; the digits section says it is a quick run."""
+    page, results, parser = _check_page(report)
+    full = results["full_runs"]
+    assert set(full) == {"width-sweep", "ntk-gp", "cifar10-cntk"}
+    assert full["cifar10-cntk"]["label"] == ("run with options n_test=1000 (not the full "
+                                             "configuration), 2026-12-01 19:00 UTC")
+    assert "full/width-sweep/error_vs_width.png" in parser.links
+    assert full["width-sweep"]["label"] == ("full run, 2026-12-01 18:40 UTC, 2 CPUs, load 1.5, "
+                                            "321 s wall")
+    assert full["ntk-gp"]["label"].startswith("quick run")
+    shown = {n["path"] for n in parser.numbers}
+    prefix = "full_runs.width-sweep.results.rates.error"
+    assert {f"{prefix}.slope", f"{prefix}.interval.0", f"{prefix}.interval.1",
+            f"{prefix}.stated_rate", "full_runs.width-sweep.results.slope_mean"} <= shown
+    assert "consistent" in page and "Lee et al. 2019" in page
+    assert "Full runs (kept in results/)" in parser.headings
+    assert "Quick run (reduced data)" in page
+    assert not (report / "full" / "width-sweep" / "units").exists()
+
+
+def test_headline_takes_the_widths_of_the_run():
+    """The unit-circle description names the seed's widths; the page's headline must name the
+    widths of the run whose figure it sits above."""
+    from ntkit.report.page import headline
+
+    seed = "Jacot et al.: NTK on the unit circle, widths 500 and 10,000, before/after training"
+    text = headline(seed, {"config": {"widths": [64, 512]}})
+    assert text == "Jacot et al.: NTK on the unit circle, widths 64, 512, before/after training"
+    assert headline(seed, {"config": {"widths": [500, 10000]}}) == seed.replace(
+        "500 and 10,000", "500, 10,000")
+    assert headline("no widths named", {"config": {"widths": [8]}}) == "no widths named (widths 8)"
+
+
+def test_find_verdicts_anywhere():
+    from ntkit.report.verdicts import find_verdicts
+
+    doc = {"a": {"b": [1, {"c": VERDICT}]}, "verdict": "not a dict", "x": {"verdict": "no rate"}}
+    assert find_verdicts(doc) == [("a.b.1.c", VERDICT)]
 
 
 def test_files_exist(report):
@@ -120,6 +204,7 @@ def test_experiment_sections_render_each_status(tmp_path, report):
 
     results = json.loads((report / "results.json").read_text())
     (tmp_path / "digits-kernels").symlink_to(report / "digits-kernels")
+    (tmp_path / "full").symlink_to(report / "full")
     exp_dir = tmp_path / "experiments" / "width-sweep"
     exp_dir.mkdir(parents=True)
     (exp_dir / "error.png").write_bytes((report / "digits-kernels" / "kernel_pca.png").read_bytes())
@@ -127,7 +212,7 @@ def test_experiment_sections_render_each_status(tmp_path, report):
         "width-sweep": {"description": "width sweep", "dir": "experiments/width-sweep",
                         "status": "ok", "seconds": 1.5, "figures": ["error.png"],
                         "results": {"slope": -0.51, "widths": [64, 128], "fit": {"r2": 0.998},
-                                    "n_seeds": 4}},
+                                    "n_seeds": 4, "rates": {"error": VERDICT}}},
         "uci": {"description": "uci", "dir": "experiments/uci", "status": "failed",
                 "reason": "ValueError: boom", "seconds": 0.1, "figures": []},
         "cifar10-cntk": {"description": "cifar", "dir": "experiments/cifar10-cntk",
@@ -140,6 +225,8 @@ def test_experiment_sections_render_each_status(tmp_path, report):
     assert {"experiments.width-sweep.results.slope", "experiments.width-sweep.results.fit.r2",
             "experiments.width-sweep.results.n_seeds"} <= shown
     assert "experiments/width-sweep/error.png" in parser.links
+    assert "experiments.width-sweep.results.rates.error.interval.1" in shown
+    assert 'href="#full-width-sweep"' in page      # its full run (in the fixture) is linked
     assert 'status failed' in page and "ValueError: boom" in page and 'status skipped' in page
 
 

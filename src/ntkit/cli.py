@@ -3,9 +3,10 @@
     ntkit kernel --arch ARCH --data DATA --out FILE [--split train|test] [--n N]
     ntkit fit --arch ARCH --data DATA [--kernel ntk|nngp] [--t T] [--diag-reg R]
     ntkit experiment NAME [--out DIR] [--quick] [--OPTION VALUE ...]  |  ntkit experiment --list
-    ntkit demo [--out DIR] [--quick]
+    ntkit reproduce [NAME ...] [--out results] [--shard I/K]   (full runs into results/NAME)
+    ntkit demo [--out DIR] [--quick] [--results DIR]
 
-Global options (before or after the subcommand): --quiet, --device cpu|cuda,
+Global options (before or after the subcommand): --quiet, --device auto|cpu|cuda,
 --dtype float32|float64, --seed N, --data-dir DIR, --threads N.
 Exit codes: 0 success, 2 bad usage or input (message names the problem), 1 runtime failure.
 """
@@ -54,8 +55,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g = parser.add_argument_group("global options")
     g.add_argument("--quiet", "-q", action="store_true", default=d(False),
                    help="no progress bars and no messages (results and errors still printed)")
-    g.add_argument("--device", choices=("cpu", "cuda"), default=d("cpu"),
-                   help="torch device for kernel computations (default: cpu)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d("auto"),
+                   help="torch device for kernel computations (default: auto, CUDA when torch "
+                        "sees a GPU, else the CPU)")
     g.add_argument("--dtype", choices=("float32", "float64"), default=d("float64"),
                    help="floating-point type of inputs and kernels (default: float64)")
     g.add_argument("--seed", type=int, default=d(0), help="random seed (default: 0)")
@@ -151,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the small, fast configuration")
     _global_options(p, suppress=True)
 
+    p = sub.add_parser("reproduce", help="run experiments in full into results/NAME (the "
+                                         "full-run numbers kept in the repository)",
+                       description="Run each named experiment (default: all of them) in its "
+                                   "full configuration into OUT/NAME (results.json and "
+                                   "figures), one after the other, and list what ran with its "
+                                   "wall time. A failure is reported after the others ran (exit "
+                                   "status 1). With one NAME, experiment options may follow it "
+                                   "as --name value (recorded in results.json).")
+    p.add_argument("names", nargs="*", metavar="NAME", help="experiments (default: all)")
+    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+                   help="folder of the NAME/ result folders (default: results)")
+    p.add_argument("--shard", default=None, metavar="I/K",
+                   help="run shard I of K of the experiments that split into units; the others "
+                        "run in shard 1 only; run again without --shard to merge")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick configurations (for tests of this command; labelled quick)")
+    _global_options(p, suppress=True)
+
     p = sub.add_parser("demo", help="the main job: compare kernels and baselines on digits, run "
                                     "the fast experiments, write an HTML report",
                        description="On scikit-learn's digits, compare NTK and NNGP kernel "
@@ -165,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiments", default=None, metavar="LIST",
                    help="comma-separated experiments to include, 'all' or 'none' "
                         "(default: the fast ones; none with --quick)")
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help="folder of the full runs kept by 'ntkit reproduce' (results/NAME/), "
+                        "shown in the report beside the quick runs; 'none' to leave them out "
+                        "(default: results)")
     _global_options(p, suppress=True)
     return parser
 
@@ -182,7 +206,9 @@ def _context(args) -> Context:
     if data_dir is None:
         from .data.paths import default_data_dir
         data_dir = default_data_dir()
-    ctx = Context(quiet=args.quiet, device=args.device, dtype=args.dtype, seed=args.seed,
+    from .commands.common import resolve_device
+    ctx = Context(quiet=args.quiet, device=resolve_device(args.device), dtype=args.dtype,
+                  seed=args.seed,
                   data_dir=Path(data_dir).expanduser(), threads=args.threads)
     if ctx.threads is not None:
         import torch
@@ -259,6 +285,17 @@ def _cmd_experiment(ctx: Context, args, extra: List[str], given: List[str]) -> i
     return EXIT_OK
 
 
+def _cmd_reproduce(ctx: Context, args, extra: List[str], given: List[str],
+                   argv: List[str]) -> int:
+    from .commands.experiment import parse_options
+    from .commands.reproduce import command_line, reproduce, summary
+
+    outcomes = reproduce(ctx, args.names, args.out, quick=args.quick, shard=args.shard,
+                         options=parse_options(extra), given=given, command=command_line(argv))
+    print(summary(outcomes))
+    return EXIT_FAILURE if any(o.status == "failed" for o in outcomes) else EXIT_OK
+
+
 def _cmd_demo(ctx: Context, args) -> int:
     from .commands.common import writable_dir
     from .report.demo import run_demo, select_experiments
@@ -277,7 +314,8 @@ def _cmd_demo(ctx: Context, args) -> int:
     ctx.seed_everything()
     index = run_demo(out, names, quick=args.quick, seed=ctx.seed, dtype=ctx.dtype,
                      device=ctx.device, say=None if ctx.quiet else ctx.say,
-                     progress=None if ctx.quiet else ctx.progress)
+                     progress=None if ctx.quiet else ctx.progress,
+                     results_dir=None if args.results.lower() == "none" else Path(args.results))
     print(f"report: {index}")
     return EXIT_OK
 
@@ -301,7 +339,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if extra and args.command != "experiment":
+    if extra and args.command not in ("experiment", "reproduce"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")  # exits with code 2
     prog = f"ntkit {args.command}"
     try:
@@ -312,6 +350,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _cmd_fit(ctx, args)
         if args.command == "experiment":
             return _cmd_experiment(ctx, args, extra, _given_globals(argv))
+        if args.command == "reproduce":
+            return _cmd_reproduce(ctx, args, extra, _given_globals(argv), argv)
         return _cmd_demo(ctx, args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -18,9 +18,22 @@ class UsageError(Exception):
     """Bad input from the user (exit code 2): message printed as ``ntkit <cmd>: error: ...``."""
 
 
+def resolve_device(name: str) -> str:
+    """The device the global ``--device`` names: 'auto' is 'cuda' when torch sees a GPU, else
+    'cpu'; 'cpu' and 'cuda' are kept as given (``Context.torch_device`` refuses a missing
+    CUDA device)."""
+    if name == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return name
+
+
 @dataclass
 class Context:
-    """The global options: ``quiet``, ``device`` ('cpu'|'cuda'), ``dtype`` ('float32'|'float64'),
+    """The global options: ``quiet``, ``device`` ('cpu'|'cuda', ``--device auto`` resolved by
+    ``resolve_device``), ``dtype`` ('float32'|'float64'),
     ``seed``, ``data_dir``, ``threads`` (torch CPU threads; None: torch's default)."""
 
     quiet: bool = False

@@ -14,6 +14,9 @@ with one-hot targets Y, the class given by the argmax, and a small ridge λ = di
 mean(diag). Baselines: an RBF SVM, a random forest and a finite MLP (the width-512 depth-2
 network of the same parameterization, ``arch.init``, trained with Adam on cross-entropy).
 Hyperparameters are fixed (no tuning on the test set); they are recorded in the results.
+The headline depth of each kernel is chosen by 5-fold cross-validation on the training images
+(folds drawn from ``seed``; ties go to the shallower depth), never by test accuracy; the test
+accuracy reported for it is the one at the chosen depth.
 
 Figures: ``accuracy_vs_depth.png``, ``kernel_matrices.png`` (normalized kernels, shallow vs
 deep), ``kernel_pca.png`` (first two kernel principal components of NTK and NNGP),
@@ -42,13 +45,42 @@ def architecture(depth: int, width: int = 512, out: int = 1):
     return relu_mlp(width, depth, W_std=W_STD, b_std=B_STD, out=out)
 
 
+CV_FOLDS = 5
+
+
 def _kernel_regression(k_train: torch.Tensor, k_test_train: torch.Tensor, y: torch.Tensor,
                        diag_reg: float) -> torch.Tensor:
     """Θ(test, X) (Θ(X, X) + λ I)⁻¹ Y with λ = diag_reg · mean(diag Θ), by Cholesky."""
     n = k_train.shape[0]
     lam = diag_reg * torch.diagonal(k_train).mean()
-    chol = torch.linalg.cholesky(k_train + lam * torch.eye(n, dtype=k_train.dtype))
+    eye = torch.eye(n, dtype=k_train.dtype, device=k_train.device)
+    chol = torch.linalg.cholesky(k_train + lam * eye)
     return k_test_train @ torch.cholesky_solve(y, chol)
+
+
+def cv_folds(n: int, k: int, seed: int) -> np.ndarray:
+    """The fold (0..k-1) of each of n training points: a seeded random permutation mod k."""
+    return np.random.default_rng(seed).permutation(n) % k
+
+
+def cross_validated_accuracy(k_train: torch.Tensor, labels: np.ndarray, folds: np.ndarray,
+                             diag_reg: float) -> float:
+    """Mean over folds f of the accuracy on fold f of kernel regression (``_kernel_regression``,
+    one-hot targets) fitted on the other folds; only training data enters."""
+    accs = []
+    onehot = torch.eye(10, dtype=k_train.dtype, device=k_train.device)
+    for f in np.unique(folds):
+        fit = torch.from_numpy(np.flatnonzero(folds != f)).to(k_train.device)
+        held = torch.from_numpy(np.flatnonzero(folds == f)).to(k_train.device)
+        y = onehot[torch.from_numpy(labels[folds != f]).to(k_train.device)]
+        scores = _kernel_regression(k_train[fit][:, fit], k_train[held][:, fit], y, diag_reg)
+        accs.append(_accuracy(scores.cpu().numpy(), labels[folds == f]))
+    return float(np.mean(accs))
+
+
+def choose_depth(rows: Sequence[dict], kernel: str) -> dict:
+    """The row of the largest cross-validated accuracy of ``kernel`` (ties: the shallowest)."""
+    return max(rows, key=lambda r: (r[f"{kernel}_cv_accuracy"], -r["depth"]))
 
 
 def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -144,11 +176,12 @@ def _estimator_check(arch, xtr, ytr, xte, yte, diag_reg: float, expected: float)
 
 
 def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequence[int]] = None,
-        diag_reg: float = 1e-4, dtype: str = "float64", device: str = "cpu",
+        diag_reg: float = 1e-4, dtype: str = "float64", device: str = "auto",
         progress: Optional[bool] = None) -> dict:
     """Run the comparison; write the figures and ``results.json`` into ``out_dir``.
 
     ``quick``: 400 training and 150 test images, depths (1, 3), smaller baselines.
+    ``device``: 'auto' (CUDA when present), 'cpu' or 'cuda'.
     """
     from ..data import load_digits
     from . import digits_plots as plots
@@ -157,6 +190,9 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
     out_dir.mkdir(parents=True, exist_ok=True)
     depths = tuple(int(d) for d in (depths or (QUICK if quick else FULL)["depths"]))
     tdtype = torch.float32 if dtype == "float32" else torch.float64
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    start_all = time.perf_counter()
     xtr, ytr, xte, yte = load_digits()
     if quick:
         rng = np.random.default_rng(seed)
@@ -164,9 +200,10 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
         te = np.sort(rng.choice(len(xte), 150, replace=False))
         xtr, ytr, xte, yte = xtr[tr], ytr[tr], xte[te], yte[te]
     n_tr = len(xtr)
-    x_all = torch.from_numpy(np.concatenate([xtr, xte])).to(tdtype).to(device)
-    onehot = torch.eye(10, dtype=tdtype, device=device)[torch.from_numpy(ytr)]
+    x_all = torch.from_numpy(np.concatenate([xtr, xte])).to(tdtype).to(dev)
+    onehot = torch.eye(10, dtype=tdtype, device=dev)[torch.from_numpy(ytr).to(dev)]
 
+    folds = cv_folds(n_tr, CV_FOLDS, seed)
     rows, kernels = [], {}
     bar = progress_bar(None, "digits-kernels", progress, total=len(depths) + 3)
     for depth in depths:
@@ -182,6 +219,8 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
             row[f"{name}_accuracy"] = _accuracy(scores.cpu().numpy(), yte)
             row[f"{name}_solve_seconds"] = round(time.perf_counter() - start, 4)
             row[f"{name}_total_seconds"] = round(kernel_s + row[f"{name}_solve_seconds"], 4)
+            row[f"{name}_cv_accuracy"] = cross_validated_accuracy(mat[:n_tr, :n_tr], ytr, folds,
+                                                                  diag_reg)
         rows.append(row)
         kernels[depth] = {name: k.get(name).cpu().double().numpy() for name in ("ntk", "nngp")}
         bar.set_postfix(depth=depth, ntk=f"{100 * row['ntk_accuracy']:.1f}%")
@@ -189,16 +228,18 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
     baselines = _baselines(xtr, ytr, xte, yte, seed, quick, bar)
     bar.close()
 
-    best_ntk = max(rows, key=lambda r: r["ntk_accuracy"])
-    best_nngp = max(rows, key=lambda r: r["nngp_accuracy"])
-    check = _estimator_check(architecture(best_ntk["depth"]), xtr, ytr, xte, yte, diag_reg,
-                             best_ntk["ntk_accuracy"])
+    chosen_ntk, chosen_nngp = choose_depth(rows, "ntk"), choose_depth(rows, "nngp")
+    check = _estimator_check(architecture(chosen_ntk["depth"]), xtr, ytr, xte, yte, diag_reg,
+                             chosen_ntk["ntk_accuracy"])
 
     # figures
     figures = {}
     figures["accuracy_vs_depth"] = plots.accuracy_vs_depth(
         out_dir / "accuracy_vs_depth.png", depths, [r["ntk_accuracy"] for r in rows],
-        [r["nngp_accuracy"] for r in rows], {b["name"]: b["accuracy"] for b in baselines}).name
+        [r["nngp_accuracy"] for r in rows], {b["name"]: b["accuracy"] for b in baselines},
+        cv={"ntk": [r["ntk_cv_accuracy"] for r in rows],
+            "nngp": [r["nngp_cv_accuracy"] for r in rows]},
+        chosen={"ntk": chosen_ntk["depth"], "nngp": chosen_nngp["depth"]}).name
     shallow, deep = depths[0], depths[-1]
     show = np.sort(np.random.default_rng(seed).choice(len(yte), min(200, len(yte)), replace=False))
     sel = n_tr + show
@@ -207,10 +248,10 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
     figures["kernel_matrices"] = plots.kernel_matrices(out_dir / "kernel_matrices.png", panels,
                                                        yte[show]).name
     test_block = slice(n_tr, None)
-    pca_panels = [(f"NTK, depth {best_ntk['depth']}",
-                   kernels[best_ntk["depth"]]["ntk"][test_block, test_block]),
-                  (f"NNGP, depth {best_nngp['depth']}",
-                   kernels[best_nngp["depth"]]["nngp"][test_block, test_block])]
+    pca_panels = [(f"NTK, depth {chosen_ntk['depth']}",
+                   kernels[chosen_ntk["depth"]]["ntk"][test_block, test_block]),
+                  (f"NNGP, depth {chosen_nngp['depth']}",
+                   kernels[chosen_nngp["depth"]]["nngp"][test_block, test_block])]
     figures["kernel_pca"] = plots.kernel_pca(out_dir / "kernel_pca.png", pca_panels, yte).name
     sub = np.sort(np.random.default_rng(seed + 1).choice(n_tr, min(400, n_tr), replace=False))
     spectra = {str(d): torch.linalg.eigvalsh(torch.from_numpy(kernels[d]["ntk"][np.ix_(sub, sub)])).numpy()
@@ -220,18 +261,24 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, depths: Optional[Sequ
 
     results = {
         "experiment": "digits-kernels",
-        "quick": bool(quick), "seed": int(seed), "dtype": dtype, "device": device,
+        "quick": bool(quick), "seed": int(seed), "dtype": dtype, "device": str(dev),
         "data": {"name": "digits", "n_train": int(n_tr), "n_test": int(len(yte)),
                  "features": int(xtr.shape[1]), "classes": 10,
                  "preprocessing": "per-pixel standardization with training-split statistics"},
         "config": {"arch": ARCH.replace("{depth}", "L"), "depths": list(depths),
-                   "diag_reg": diag_reg, "targets": "one-hot, argmax decision"},
+                   "diag_reg": diag_reg, "targets": "one-hot, argmax decision", "dtype": dtype,
+                   "cv_folds": CV_FOLDS},
         "kernels": rows,
         "baselines": baselines,
-        "best": {"ntk": {"depth": best_ntk["depth"], "accuracy": best_ntk["ntk_accuracy"]},
-                 "nngp": {"depth": best_nngp["depth"], "accuracy": best_nngp["nngp_accuracy"]},
-                 "baseline": max(baselines, key=lambda b: b["accuracy"])["name"]},
+        "chosen": {
+            "method": f"{CV_FOLDS}-fold cross-validation on the {n_tr} training images (folds "
+                      f"from seed {seed}); the largest mean held-out accuracy, ties to the "
+                      f"shallower depth; test images never used for the choice",
+            **{name: {"depth": r["depth"], "cv_accuracy": r[f"{name}_cv_accuracy"],
+                      "test_accuracy": r[f"{name}_accuracy"]}
+               for name, r in (("ntk", chosen_ntk), ("nngp", chosen_nngp))}},
         "estimator_check": check,
         "figures": figures,
+        "seconds": round(time.perf_counter() - start_all, 2),
     }
     return write_results(out_dir, results)

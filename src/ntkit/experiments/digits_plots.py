@@ -3,7 +3,7 @@ backend): the demo report shows them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -25,21 +25,34 @@ def _plt():
 
 
 def accuracy_vs_depth(path: Path, depths: Sequence[int], ntk: Sequence[float],
-                      nngp: Sequence[float], baselines: Dict[str, float]) -> Path:
+                      nngp: Sequence[float], baselines: Dict[str, float],
+                      cv: Optional[Dict[str, Sequence[float]]] = None,
+                      chosen: Optional[Dict[str, int]] = None) -> Path:
     """Test accuracy (%) of NTK and NNGP kernel regression against depth, baselines as
-    horizontal lines labelled at the right edge."""
+    horizontal lines labelled at the right edge; ``cv``: the cross-validated accuracies per
+    kernel (thin dotted lines), ``chosen``: the depth each kernel's validation picked (a ring
+    around its test accuracy)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.4))
-    ax.plot(depths, 100 * np.asarray(ntk), "o-", color=COLORS["ntk"], lw=2, label="NTK")
-    ax.plot(depths, 100 * np.asarray(nngp), "s-", color=COLORS["nngp"], lw=2, label="NNGP")
+    values = [100 * v for v in list(ntk) + list(nngp) + list(baselines.values())]
+    for name, test, marker in (("ntk", ntk, "o-"), ("nngp", nngp, "s-")):
+        ax.plot(depths, 100 * np.asarray(test), marker, color=COLORS[name], lw=2,
+                label=f"{name.upper()} (test)")
+        if cv is not None:
+            ax.plot(depths, 100 * np.asarray(cv[name]), ":", color=COLORS[name], lw=1.4,
+                    label=f"{name.upper()} (5-fold CV on train)")
+            values += [100 * v for v in cv[name]]
+        if chosen is not None:
+            i = list(depths).index(chosen[name])
+            ax.plot([depths[i]], [100 * test[i]], "o", ms=14, mfc="none", mec=COLORS[name],
+                    mew=1.8, label=f"{name.upper()}: depth chosen by CV")
     for (name, acc), style in zip(baselines.items(), _BASELINE_STYLES):
         ax.axhline(100 * acc, color=COLORS["baseline"], ls=style, lw=1.3, label=name)
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(depths))
     ax.set_xticklabels([str(d) for d in depths])
     ax.set_xlabel("depth (number of hidden layers)")
-    ax.set_ylabel("test accuracy (%)")
-    values = [100 * v for v in list(ntk) + list(nngp) + list(baselines.values())]
+    ax.set_ylabel("accuracy (%)" if cv is not None else "test accuracy (%)")
     low, high = min(values), max(values)
     pad = max(0.5, 0.15 * (high - low))
     ax.set_ylim(low - pad, min(100.0, high + pad))
@@ -85,9 +98,22 @@ def kernel_matrices(path: Path, panels: List[tuple], labels: np.ndarray) -> Path
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
     fig.suptitle("Normalized kernels on test digits, sorted by class", y=1.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_palette_png(fig, path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_palette_png(fig, path: Path, dpi: int) -> None:
+    """Save ``fig`` as a 256-colour palette PNG: images of matrices compress badly in full
+    colour (600 KB for the kernel grid), and the results kept in the repository stay small."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    buf.seek(0)
+    Image.open(buf).convert("RGB").quantize(colors=256).save(path, optimize=True)
 
 
 def kernel_pca(path: Path, panels: List[tuple], labels: np.ndarray) -> Path:

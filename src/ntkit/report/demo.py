@@ -5,7 +5,9 @@ Layout of the report folder::
     index.html            the page
     results.json          every number on the page (the tables are checked against it)
     digits-kernels/       figures + results.json of the digits comparison
-    experiments/NAME/     figures + results.json of each fast experiment
+    experiments/NAME/     figures + results.json of each fast experiment (quick runs)
+    full/NAME/            figures of the full runs kept in ``results/NAME/`` (``ntkit
+                          reproduce``), shown first and labelled with their date and machine
 """
 from __future__ import annotations
 
@@ -99,14 +101,17 @@ def _environment(device: str, dtype: str, seed: int) -> Dict[str, Any]:
 def run_demo(out: Path, experiments: Sequence[str], *, quick: bool = False, seed: int = 0,
              dtype: str = "float64", device: str = "cpu",
              say: Optional[Callable[[str], None]] = None,
-             progress: Optional[Callable[..., Iterable]] = None) -> Path:
+             progress: Optional[Callable[..., Iterable]] = None,
+             results_dir: Optional[Path] = None) -> Path:
     """Run the digits comparison and the named ``experiments`` (quick variants), and write
-    ``out/index.html`` (returned) and ``out/results.json``.
+    ``out/index.html`` (returned) and ``out/results.json``. ``results_dir``: the folder of the
+    full runs kept in the repository (``results/``; None: none shown).
 
     ``say(message)`` prints status lines and ``progress(iterable, desc=...)`` wraps a loop in a
     progress bar (the command line passes its own; None: silent).
     """
     from ..experiments import digits_kernels
+    from .full_runs import collect_full_runs
     from .page import render
 
     say = say or (lambda message: None)
@@ -130,7 +135,10 @@ def run_demo(out: Path, experiments: Sequence[str], *, quick: bool = False, seed
         "environment": _environment(device, dtype, seed),
         "digits": _jsonable(digits),
         "experiments": done,
+        "full_runs": collect_full_runs(results_dir, out),
     }
+    if results["full_runs"]:
+        say(f"  full runs from {results_dir}: {', '.join(results['full_runs'])}")
     results["total_seconds"] = round(time.perf_counter() - start, 2)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     index = out / "index.html"
