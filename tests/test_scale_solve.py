@@ -200,3 +200,65 @@ def test_bad_inputs_give_clear_errors(client, stored, tmp_path):  # noqa: F811
     k = dense_ntk(x)
     with pytest.raises(FloatingPointError, match="non-positive curvature"):
         conjugate_gradient(lambda v: -(k @ v), y + 1.0, 0.0)
+
+
+def digits_split(n_train=240, n_test=80):
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    x = x / 16.0
+    return x[:n_train], y[:n_train], x[n_train:n_train + n_test], y[n_train:n_train + n_test]
+
+
+def test_estimators_cg_equal_the_direct_solver_on_digits(client, tmp_path):  # noqa: F811
+    """solver='cg' (store on the two-worker cluster, or tiles recomputed) against the default
+    in-memory solver (a float64 Cholesky solve): the same outputs to the CG tolerance."""
+    import ntkit as nk
+    xtr, ytr, xte, yte = digits_split()
+    direct_clf = nk.NTKClassifier(diag_reg=1e-3).fit(xtr, ytr)
+    cg = nk.NTKClassifier(diag_reg=1e-3, solver="cg", store=str(tmp_path / "d.zarr"),
+                          client=client, cg_tol=1e-10, cg_centres=50).fit(xtr, ytr)
+    assert cg.cg_converged_ and cg.n_iter_ == len(cg.cg_residuals_) - 1
+    assert cg.cg_residuals_[-1] <= 1e-10
+    want = direct_clf.predict_outputs(xte)
+    np.testing.assert_allclose(cg.predict_outputs(xte), want, rtol=0,
+                               atol=1e-7 * np.abs(want).max())
+    np.testing.assert_array_equal(cg.predict(xte), direct_clf.predict(xte))
+    assert cg.score(xte, yte) > 0.85
+    # refitting on the same data resumes the finished store (no tile recomputed): same α
+    again = nk.NTKClassifier(diag_reg=1e-3, solver="cg", store=str(tmp_path / "d.zarr"),
+                             client=client, cg_tol=1e-10, cg_centres=50).fit(xtr, ytr)
+    np.testing.assert_array_equal(again.dual_coef_, cg.dual_coef_)
+    # the regressor, tiles recomputed in each iteration (no store), in this process
+    y = np.stack([np.sin(xtr.sum(1)), xtr[:, 10]], axis=1)
+    reg = nk.NTKRegressor(diag_reg=1e-2).fit(xtr, y)
+    reg_cg = nk.NTKRegressor(diag_reg=1e-2, solver="cg", cg_tol=1e-10, batch_size=64).fit(xtr, y)
+    want = reg.predict(xte)
+    np.testing.assert_allclose(reg_cg.predict(xte), want, rtol=0, atol=1e-7 * np.abs(want).max())
+
+
+def test_estimator_cg_parameters_are_checked(tmp_path):
+    import ntkit as nk
+    x, y = inputs(8, 0), np.arange(8.0)
+    cases = [
+        (dict(solver="lsqr"), ValueError, "solver must be one of"),
+        (dict(store=str(tmp_path / "s.zarr")), ValueError, "store are used only with solver='cg'"),
+        (dict(solver="cg", t=10.0), ValueError, "t=10.0 needs solver='direct'"),
+        (dict(solver="cg", store=3), TypeError, "store must be a path"),
+        (dict(solver="cg", client=5), TypeError, "client must be a distributed.Client"),
+        (dict(solver="cg", cg_tol=0.0), ValueError, r"cg_tol must be a number in \(0, 1\)"),
+        (dict(solver="cg", cg_max_iter=0), ValueError, "cg_max_iter must be an integer >= 1"),
+        (dict(solver="cg", cg_centres=-2), ValueError, "cg_centres must be an integer >= 0"),
+        (dict(solver="cg", diag_reg=-1.0), ValueError, "diag_reg must be a number >= 0"),
+    ]
+    for params, err, match in cases:
+        with pytest.raises(err, match=match):
+            nk.NTKRegressor(**params).fit(x, y)
+    with pytest.raises(ValueError, match="NaN"):
+        nk.NTKRegressor(solver="cg").fit(x, np.where(y > 3, np.nan, y))
+    not_store = tmp_path / "plain"
+    not_store.mkdir()
+    (not_store / "file.txt").write_text("x")
+    with pytest.raises(NotAKernelStore, match="not an ntkit kernel store"):
+        nk.NTKRegressor(solver="cg", store=str(not_store)).fit(x, y)
+    with pytest.warns(Warning, match="CG stopped after cg_max_iter=1"):
+        nk.NTKRegressor(solver="cg", cg_max_iter=1, cg_centres=0, diag_reg=1e-3).fit(x, y)
