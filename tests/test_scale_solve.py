@@ -262,3 +262,55 @@ def test_estimator_cg_parameters_are_checked(tmp_path):
         nk.NTKRegressor(solver="cg", store=str(not_store)).fit(x, y)
     with pytest.warns(Warning, match="CG stopped after cg_max_iter=1"):
         nk.NTKRegressor(solver="cg", cg_max_iter=1, cg_centres=0, diag_reg=1e-3).fit(x, y)
+
+
+def run_cli(capsys, *argv):
+    from ntkit.cli import main
+    code = main(["--quiet", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_command_line_fit_from_a_store_and_with_solver_cg(client, tmp_path, capsys):  # noqa: F811
+    """`ntkit fit --kernel K.zarr` and `ntkit fit --solver cg` against the in-memory fit
+    (float64, a tight CG tolerance: the same accuracy and MSE)."""
+    import json
+    address = client.scheduler.address
+    common = ["--data", "digits", "--n-test", "60", "--diag-reg", "1e-3", "--json"]
+    code, out, err = run_cli(capsys, "fit", "--arch", "fc:depth=1", "--n-train", "150", *common)
+    assert code == 0, err
+    ref = json.loads(out)
+    store = tmp_path / "K.zarr"
+    code, _, err = run_cli(capsys, "kernel", "--arch", "fc:depth=1", "--data", "digits", "--n",
+                           "150", "--kernel", "ntk", "--out", str(store), "--scheduler", address)
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "fit", "--kernel", str(store), *common, "--cg-tol", "1e-10",
+                             "--cg-centres", "40")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["n_train"] == 150 and got["solver"] == "cg" and got["cg_converged"]
+    assert got["cg_residuals"][-1] <= 1e-10 and len(got["cg_residuals"]) == got["cg_iterations"] + 1
+    assert got["test_accuracy"] == ref["test_accuracy"]
+    np.testing.assert_allclose(got["test_mse"], ref["test_mse"], rtol=1e-8)
+    code, out, err = run_cli(capsys, "fit", "--arch", "fc:depth=1", "--n-train", "150", *common,
+                             "--solver", "cg", "--store", str(tmp_path / "S.zarr"),
+                             "--scheduler", address, "--cg-tol", "1e-10")
+    assert code == 0, err
+    cg = json.loads(out)
+    assert cg["test_accuracy"] == ref["test_accuracy"] and cg["cg_converged"]
+    np.testing.assert_allclose(cg["test_mse"], ref["test_mse"], rtol=1e-8)
+    # usage errors name the problem (exit code 2)
+    bad = [(["fit", "--kernel", str(tmp_path / "none.zarr"), "--data", "digits"],
+            "no such kernel store"),
+           (["fit", "--kernel", str(store), "--data", "digits", "--n-train", "140"],
+            "was not computed on the training split"),
+           (["fit", "--kernel", str(store), "--data", "digits", "--arch", "fc"], "omit --arch"),
+           (["fit", "--arch", "fc", "--data", "digits", "--store", str(store)],
+            "need --solver cg"),
+           (["fit", "--arch", "fc", "--data", "digits", "--solver", "cg", "--t", "1"], "omit --t"),
+           (["fit", "--arch", "fc", "--data", "digits", "--solver", "cg", "--cg-tol", "0"],
+            "--cg-tol must be in"),
+           (["fit", "--data", "digits"], "needs --arch")]
+    for argv, message in bad:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and message in err, (argv, err)
