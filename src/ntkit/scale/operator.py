@@ -105,34 +105,35 @@ class RecomputedBands:
                            want_ntk=self.name == "ntk")[self.name].numpy()
 
 
-def band_product(bands, r0: int, r1: int, v: np.ndarray) -> Tuple[int, np.ndarray]:
-    """Band [r0, r1)'s share of K V: (r0, P) with P (n - r0, k) to be added to rows r0: of the
-    product (rows [r0, r1) from the band, rows [r1, n) from its mirror)."""
+def band_product(bands, r0: int, r1: int, v: np.ndarray) -> Tuple[int, list]:
+    """Band [r0, r1)'s share of K V: (r0, [(r0, None, P)]) with P (n - r0, k) to be added to
+    rows r0: of the product (rows [r0, r1) from the band, rows [r1, n) from its mirror)."""
     b = torch.from_numpy(bands(r0, r1))
     vb = torch.from_numpy(np.ascontiguousarray(v[r0:])).to(b.dtype)
     out = torch.zeros((b.shape[1], v.shape[1]), dtype=torch.float64)
     out[: r1 - r0] = (b @ vb).double()
     out[r1 - r0:] += (b[:, r1 - r0:].T @ vb[: r1 - r0]).double()
-    return r0, out.numpy()
+    return r0, [(r0, None, out.numpy())]
 
 
-def band_columns(bands, r0: int, r1: int, idx: np.ndarray) -> Tuple[int, np.ndarray]:
-    """Band [r0, r1)'s share of K[:, idx]: (r0, C) with C (n - r0, m) holding K[i, idx[j]] for
-    the entries this band stores (i in [r0, r1), idx[j] >= r0) or mirrors (i >= r1,
-    idx[j] in [r0, r1)); zeros elsewhere (each entry is set by exactly one band)."""
+def band_columns(bands, r0: int, r1: int, idx: np.ndarray) -> Tuple[int, list]:
+    """Band [r0, r1)'s share of K[:, idx]: the entries it stores (rows [r0, r1), columns
+    idx[j] >= r0) and mirrors (rows [r1, n), columns idx[j] in [r0, r1)), as updates
+    (first row, column positions or None for all, values); each entry comes from one band."""
     b = bands(r0, r1)
-    out = np.zeros((b.shape[1], len(idx)), dtype=np.float64)
+    top = np.zeros((r1 - r0, len(idx)), dtype=np.float64)
     right = np.flatnonzero(idx >= r0)
-    out[: r1 - r0, right] = b[:, idx[right] - r0]
+    top[:, right] = b[:, idx[right] - r0]
     inside = np.flatnonzero((idx >= r0) & (idx < r1))
-    out[r1 - r0:, inside] = b[idx[inside] - r0, r1 - r0:].T
-    return r0, out
+    mirror = b[idx[inside] - r0, r1 - r0:].T.astype(np.float64)
+    return r0, [(r0, None, top), (r1, inside, mirror)]
 
 
 def sum_over_bands(fn, source, cuts: Sequence[Tuple[int, int]], arg, shape: Tuple[int, int],
                    client=None, progress: bool = False, desc: str = "bands") -> np.ndarray:
-    """Σ over the bands (r0, r1) in ``cuts`` of ``fn(source, r0, r1, arg) -> (r0, part)``, each
-    part added to rows r0: of a float64 array of ``shape``. With a Dask ``client`` one task per
+    """Σ over the bands (r0, r1) in ``cuts`` of ``fn(source, r0, r1, arg) -> (r0, updates)``
+    into a float64 array of ``shape``: each update (row, cols, values) is added to rows
+    row:row+len(values) and the columns ``cols`` (None: all). With a Dask ``client`` one task per
     band (``source`` may be a future of it scattered beforehand; ``arg`` is scattered to every
     worker once), summed here as the tasks finish; else in this process. A tqdm bar over the
     bands with ``progress``."""
@@ -149,8 +150,12 @@ def sum_over_bands(fn, source, cuts: Sequence[Tuple[int, int]], arg, shape: Tupl
             shared = client.scatter(arg, broadcast=True)
             futures = [client.submit(fn, source, r0, r1, shared, pure=False) for r0, r1 in cuts]
             results = (fut.result() for fut in as_completed(futures))
-        for r0, part in results:
-            out[r0:r0 + part.shape[0]] += part
+        for _, updates in results:
+            for row, cols, values in updates:
+                if cols is None:
+                    out[row:row + values.shape[0]] += values
+                else:
+                    out[row:row + values.shape[0], cols] += values
             if bar is not None:
                 bar.update(1)
         return out

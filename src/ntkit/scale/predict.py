@@ -92,7 +92,7 @@ class RecomputedRows:
 
 
 def _band_prediction(source, r0: int, r1: int, alpha: np.ndarray):
-    return r0, source.product(r0, r1, alpha)
+    return r0, [(r0, None, source.product(r0, r1, alpha))]
 
 
 def _stream(source, alpha, rows: int, client, progress: bool) -> np.ndarray:
