@@ -85,6 +85,7 @@ def run_scale(args, out: dict, save) -> None:
                                get="ntk", progress=True)
             res["kernel_s"] = round(time.perf_counter() - t, 2)
             res["kernel_tiles"] = len(k.tiles)
+            res["kernel_tiles_computed"] = len(k.run.computed)  # < tiles: a resumed store
             res["store_bytes"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
             save()
             snaps = {}

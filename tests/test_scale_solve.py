@@ -67,9 +67,9 @@ def test_streamed_operator_equals_dense_products(stored):
     k = dense_ntk(x)
     v = np.random.default_rng(2).standard_normal((47, 3))
     idx = np.array([0, 9, 10, 23, 40, 46])
-    # bands of one tile, and bands of two tiles (their diagonal blocks hold unwritten chunks
+    # bands of one tile, of 1.5 and of two tiles (their diagonal blocks hold unwritten chunks
     # below the diagonal, filled from the mirrors)
-    for band in (10, 20):
+    for band in (10, 15, 20):
         op = KernelOperator(StoreBands(path), band=band)
         np.testing.assert_allclose(op.matmul(v), k @ v, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(op.columns(idx), k[:, idx], rtol=1e-13, atol=1e-14)
