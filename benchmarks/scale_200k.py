@@ -23,7 +23,7 @@ assumes storage that feeds every worker at this rate). Iterations per solve are 
 at the measured count (``--iterations`` overrides; the full-MNIST run, benchmarks/scale_mnist.py,
 measures them at n = 60,000).
 
-    nice python benchmarks/scale_200k.py [--tile 1000] [--subset 4000]
+    nice python benchmarks/scale_200k.py [--tile 500] [--subset 2000]
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +77,10 @@ class Inputs:
         return out
 
 
+def say(*a) -> None:
+    print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
+
+
 def measure(workers: int, args, data: Inputs, root: Path) -> dict:
     from distributed import Client, LocalCluster
 
@@ -96,6 +101,7 @@ def measure(workers: int, args, data: Inputs, root: Path) -> dict:
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         out["cluster_start_s"] = round(time.perf_counter() - start, 2)
+        say(f"{workers} worker(s) started")
         # warm-up (imports, first-call costs on each worker), not timed
         compute_kernel(arch, x1[:8 * workers], x2[:8], store=root / f"warm{workers}.zarr",
                        tile=8, client=client, get="ntk", progress=False)
@@ -105,6 +111,7 @@ def measure(workers: int, args, data: Inputs, root: Path) -> dict:
         sec = time.perf_counter() - s
         out.update(sample_tiles=len(k.tiles), kernel_sample_s=round(sec, 2),
                    tiles_per_s=round(len(k.tiles) / sec, 4))
+        say(f"{workers} worker(s): {len(k.tiles)} sample tiles in {sec:.1f} s")
         s = time.perf_counter()
         sym = root / f"sub{workers}.zarr"
         compute_kernel(arch, sub, store=sym, tile=t, client=client, get="ntk", progress=False)
@@ -155,11 +162,11 @@ def extrapolate(runs: dict, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tile", type=int, default=1000)
+    p.add_argument("--tile", type=int, default=500)
     p.add_argument("--row-blocks", type=int, default=2)
-    p.add_argument("--col-blocks", type=int, default=3)
-    p.add_argument("--subset", type=int, default=4000)
-    p.add_argument("--centres", type=int, default=1000)
+    p.add_argument("--col-blocks", type=int, default=2)
+    p.add_argument("--subset", type=int, default=2000)
+    p.add_argument("--centres", type=int, default=500)
     p.add_argument("--iterations", type=int, default=None,
                    help="CG iterations assumed at n = 200,000 (default: the measured count)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])

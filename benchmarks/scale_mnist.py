@@ -69,7 +69,7 @@ def snapshot_iterations(max_iter: int):
 def run_scale(args, out: dict, save) -> None:
     from distributed import Client, LocalCluster
 
-    from ntkit.scale import compute_kernel, predict_recomputed, solve_kernel
+    from ntkit.scale import compute_kernel, open_kernel, predict_recomputed, solve_kernel
 
     arch, ds, xtr, xte = load(args.n_train, args.n_test, args.data_dir)
     onehot = np.eye(10)[ds.y_train]
@@ -81,11 +81,17 @@ def run_scale(args, out: dict, save) -> None:
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             t = time.perf_counter()
-            k = compute_kernel(arch, xtr, store=store, tile=args.tile, client=client,
-                               get="ntk", progress=True)
+            if args.reuse_store:  # a complete store from an earlier run, its digests unchecked
+                k = open_kernel(store)
+                if not k.complete:
+                    raise SystemExit(f"--reuse-store: {store} is not complete")
+                res["kernel_reused"] = True
+            else:
+                k = compute_kernel(arch, xtr, store=store, tile=args.tile, client=client,
+                                   get="ntk", progress=True)
+                res["kernel_tiles_computed"] = len(k.run.computed)  # < tiles: resumed
             res["kernel_s"] = round(time.perf_counter() - t, 2)
             res["kernel_tiles"] = len(k.tiles)
-            res["kernel_tiles_computed"] = len(k.run.computed)  # < tiles: a resumed store
             res["store_bytes"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
             save()
             snaps = {}
@@ -124,6 +130,7 @@ def run_scale(args, out: dict, save) -> None:
                                                client.run(_rss.peak_rss_mb).values())
         res["client_peak_rss_mb"] = round(_rss.peak_rss_mb(), 1)
         res["total_s"] = round(res["kernel_s"] + res["solve_s"] + res["predict_s"], 2)
+        res["load"] = uptime()
         save()
     finally:
         if not args.keep_store:
@@ -163,6 +170,8 @@ def main() -> None:
                    choices=["scale", "exact", "exact-inline"])
     p.add_argument("--store", default=None, help="folder for the store (default: a /tmp dir)")
     p.add_argument("--keep-store", action="store_true")
+    p.add_argument("--reuse-store", action="store_true",
+                   help="with --store: use its complete kernel as is (no digest check)")
     p.add_argument("--data-dir", default=None, help="default: ntkit's (../shared/data)")
     p.add_argument("--out", default=None, help="also write the JSON here after every phase")
     args = p.parse_args()
