@@ -2,6 +2,7 @@
 
     ntkit kernel --arch ARCH --data DATA --out FILE [--split train|test] [--n N]
     ntkit fit --arch ARCH --data DATA [--kernel ntk|nngp] [--t T] [--diag-reg R]
+              [--solver cg --store K.zarr]     or     ntkit fit --kernel K.zarr --data DATA
     ntkit experiment NAME [--out DIR] [--quick] [--OPTION VALUE ...]  |  ntkit experiment --list
     ntkit reproduce [NAME ...] [--out results] [--shard I/K]   (full runs into results/NAME)
     ntkit demo [--out DIR] [--quick] [--results DIR]
@@ -120,10 +121,30 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fit kernel regression with the NTK (nk.NTKClassifier) or the "
                                    "NNGP (nk.NNGPRegressor on one-hot targets) on the training "
                                    "split; print accuracy and MSE on the test split.")
-    p.add_argument("--arch", required=True, help=_ARCH_HELP)
+    p.add_argument("--arch", help=_ARCH_HELP + " (required unless --kernel K.zarr)")
     p.add_argument("--data", required=True, help=_DATA_HELP)
-    p.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk",
-                   help="kernel of the estimator (default: ntk)")
+    p.add_argument("--kernel", default="ntk", metavar="ntk|nngp|K.zarr",
+                   help="kernel of the estimator (default: ntk), or a Zarr store of "
+                        "K(train, train) from 'ntkit kernel --out K.zarr' to fit from (its "
+                        "architecture; solved by conjugate gradients)")
+    p.add_argument("--solver", choices=("direct", "cg"), default="direct",
+                   help="direct: kernels in memory (default); cg: the train kernel as tiles "
+                        "in --store on Dask, preconditioned conjugate gradients (NTK only)")
+    p.add_argument("--store", type=Path, default=None, metavar="K.zarr",
+                   help="with --solver cg: the Zarr store for the train kernel's tiles "
+                        "(resumed if it exists; default: no store, tiles recomputed in "
+                        "every CG iteration)")
+    p.add_argument("--test-kernel", type=Path, default=None, metavar="KT.zarr",
+                   help="with --kernel K.zarr: a store of K(test, train) ('ntkit kernel "
+                        "--split test'); default: recomputed tile by tile")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="with --solver cg or --kernel K.zarr: a Dask scheduler address")
+    p.add_argument("--cg-tol", type=float, default=1e-4, metavar="TOL",
+                   help="CG stops at this relative residual (default: 1e-4)")
+    p.add_argument("--cg-max-iter", type=_positive_int, default=300, metavar="N",
+                   help="CG iteration cap (default: 300)")
+    p.add_argument("--cg-centres", type=int, default=1000, metavar="M",
+                   help="Nyström preconditioner centres, 0 for none (default: 1000)")
     p.add_argument("--t", type=float, default=None, metavar="T",
                    help="training time of gradient flow (default: infinite, kernel regression)")
     p.add_argument("--diag-reg", type=float, default=0.0, metavar="R",
@@ -255,12 +276,9 @@ def _cmd_kernel(ctx: Context, args) -> int:
 def _cmd_fit(ctx: Context, args) -> int:
     import json
 
-    from .commands.fit import format_metrics, run_fit
+    from .commands.fit import fit_from_args, format_metrics
 
-    arch = _arch(args.arch)
-    ctx.seed_everything()
-    metrics = run_fit(ctx, arch, args.arch, args.data, args.kernel, args.t, args.diag_reg,
-                      args.n_train, args.n_test, args.batch_size)
+    metrics = fit_from_args(ctx, args)
     print(json.dumps(metrics, indent=1) if args.json else format_metrics(metrics))
     return EXIT_OK
 

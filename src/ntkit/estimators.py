@@ -21,19 +21,27 @@ Conventions (those of neural-tangents, so that the numbers match ``gradient_desc
   duplicated rows) gives a ``SingularKernelWarning`` naming the fix and the minimum-norm limit of
   gradient flow.
 Kernels are computed in ``dtype`` ("float64" by default; "float32" is faster and less exact),
-``batch_size`` rows at a time. Nothing happens in ``__init__``; ``fit`` learns ``X_fit_``,
+``batch_size`` rows at a time. ``NTKRegressor``/``NTKClassifier(solver="cg", store=PATH,
+client=...)`` take the path past one machine's memory (``ntkit.scale``): the train-train kernel
+as tiles in a Zarr store computed on Dask, (K + μI)α = Y by preconditioned conjugate gradients
+streaming the stored tiles (``ntkit.scale.solve_kernel``), predictions K(x, X_fit_) α streamed
+from recomputed tiles; ``store=None`` recomputes the train tiles in every CG iteration instead. Nothing happens in ``__init__``; ``fit`` learns ``X_fit_``,
 ``dual_coef_`` (so that predictions are K(x, X_fit_) @ dual_coef_), ``n_features_in_``,
 ``device_``.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import os
+import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -42,6 +50,7 @@ from .predict import MSEDynamics
 from .predict import warn_near_duplicates
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_SOLVERS = ("direct", "cg")
 
 
 def _device(x) -> str:
@@ -102,7 +111,14 @@ class _KernelModel(BaseEstimator):
         device = getattr(self, "device_", "cpu")
         t1 = torch.tensor(np.asarray(x1), dtype=dt, device=device)  # a copy: may be read-only
         t2 = None if x2 is None else torch.tensor(np.asarray(x2), dtype=dt, device=device)
-        k = arch.kernel(t1, t2, get=self._kernel_name, batch_size=self.batch_size)
+        try:
+            k = arch.kernel(t1, t2, get=self._kernel_name, batch_size=self.batch_size)
+        except MemoryError as err:
+            if not hasattr(self, "solver"):
+                raise
+            raise MemoryError(f"{err}. Or fit with {type(self).__name__}(solver='cg', "
+                              f"store='K.zarr'): the kernel as tiles on disk, solved by "
+                              f"conjugate gradients") from None
         return k.get(self._kernel_name).cpu()
 
     def _dynamics(self, k: torch.Tensor, Y: np.ndarray) -> MSEDynamics:
@@ -113,6 +129,8 @@ class _KernelModel(BaseEstimator):
 
     def _fit_targets(self, X, Y: np.ndarray):
         arch = self._check_params()
+        if getattr(self, "solver", "direct") == "cg":
+            return self._fit_cg(arch, X, Y)
         warn_near_duplicates(X, stacklevel=4)
         k = self._kernel(arch, X)
         dyn = self._dynamics(k, Y)
@@ -125,6 +143,8 @@ class _KernelModel(BaseEstimator):
         check_is_fitted(self, "dual_coef_")
         X = validate_data(self, _host(X), reset=False, dtype=[np.float64, np.float32],
                           allow_nd=True)
+        if getattr(self, "solver", "direct") == "cg":
+            return self._predict_cg(X)
         k = self._kernel(self.arch_, X, self.X_fit_)
         return k.numpy() @ self.dual_coef_
 
@@ -132,6 +152,103 @@ class _KernelModel(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+class _NTKModel(_KernelModel):
+    """The NTK estimators: ``_KernelModel`` plus the scale path (``solver="cg"``).
+
+    solver : "direct" (default: the kernels in memory, exact closed forms) or "cg": the
+        train-train kernel streamed, (K + μI)α = Y by preconditioned conjugate gradients
+        (``ntkit.scale.solve_kernel``; only t=None, kernel regression). Learns ``n_iter_``,
+        ``cg_residuals_`` (the largest relative residual per iteration) and ``cg_converged_``.
+    store : with solver="cg", a Zarr store path for the train-train kernel tiles
+        (``ntkit.scale.compute_kernel``; an existing store of the same computation is resumed,
+        one of other inputs refused) or None to recompute the tiles in every iteration.
+    client : with solver="cg", a ``distributed.Client`` or scheduler address for the kernel
+        tiles, the solver's products and the predictions; None: a LocalCluster for the store,
+        the products and predictions in this process.
+    cg_tol, cg_max_iter : CG stops when every column's relative residual is below ``cg_tol``,
+        or after ``cg_max_iter`` iterations (a ``ConvergenceWarning`` then).
+    cg_centres : columns of the Nyström preconditioner (0: none; unused when diag_reg = 0).
+    """
+
+    def __init__(self, arch=None, t=None, diag_reg=0.0, learning_rate=1.0, batch_size=None,
+                 dtype="float64", solver="direct", store=None, client=None, cg_tol=1e-6,
+                 cg_max_iter=1000, cg_centres=1000):
+        super().__init__(arch=arch, t=t, diag_reg=diag_reg, learning_rate=learning_rate,
+                         batch_size=batch_size, dtype=dtype)
+        self.solver = solver
+        self.store = store
+        self.client = client
+        self.cg_tol = cg_tol
+        self.cg_max_iter = cg_max_iter
+        self.cg_centres = cg_centres
+
+    def _check_params(self):
+        arch = super()._check_params()
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
+        if self.solver == "direct":
+            given = [n for n in ("store", "client") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)} are used only with solver='cg'; "
+                                 f"pass solver='cg' or leave them None")
+            return arch
+        if self.t is not None:
+            raise ValueError(f"solver='cg' solves kernel regression (t=None); t={self.t!r} "
+                             f"needs solver='direct'")
+        if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
+            raise TypeError(f"store must be a path (str or os.PathLike) or None, got "
+                            f"{type(self.store).__name__}")
+        from .scale.cluster import check_client
+        check_client(self.client)
+        if isinstance(self.cg_tol, bool) or not isinstance(self.cg_tol, numbers.Real) \
+                or not 0 < self.cg_tol < 1:
+            raise ValueError(f"cg_tol must be a number in (0, 1), got {self.cg_tol!r}")
+        for name in ("cg_max_iter", "cg_centres"):
+            v = getattr(self, name)
+            low = 1 if name == "cg_max_iter" else 0
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        return arch
+
+    def _fit_cg(self, arch, X, Y: np.ndarray):
+        from .scale import (KernelOperator, RecomputedBands, StoreBands, compute_kernel,
+                            solve_kernel)
+        from .scale.cluster import dask_client
+        name = self._kernel_name
+        x = torch.tensor(np.asarray(X), dtype=_DTYPES[self.dtype])
+        with dask_client(self.client) if self.client is not None else contextlib.nullcontext() as client:
+            if self.store is not None:
+                device = "cuda" if self.device_.startswith("cuda") else "cpu"
+                compute_kernel(arch, x, store=self.store, tile=self.batch_size, client=client,
+                               get=(name,), dtype=self.dtype, progress=False, device=device)
+                bands = StoreBands(self.store, name)
+            else:
+                bands = RecomputedBands(arch, x, name, tile=self.batch_size or 1000)
+            op = KernelOperator(bands, client=client)
+            res = solve_kernel(op, Y, self.diag_reg, centres=self.cg_centres, tol=self.cg_tol,
+                               max_iter=self.cg_max_iter)
+        if not res.converged:
+            warnings.warn(f"CG stopped after cg_max_iter={self.cg_max_iter} iterations at "
+                          f"relative residual {res.residuals[-1]:.2e} > cg_tol={self.cg_tol}; "
+                          f"raise cg_max_iter or diag_reg", ConvergenceWarning, stacklevel=4)
+        self.X_fit_ = np.asarray(X)
+        self.dual_coef_ = res.alpha
+        self.arch_ = arch
+        self.n_iter_ = res.iterations
+        self.cg_residuals_ = np.asarray(res.residuals)
+        self.cg_converged_ = res.converged
+        return self
+
+    def _predict_cg(self, X) -> np.ndarray:
+        from .scale import predict_recomputed
+        from .scale.cluster import dask_client
+        rows = self.batch_size or 1000
+        with dask_client(self.client) if self.client is not None else contextlib.nullcontext() as client:
+            return predict_recomputed(self.arch_, np.asarray(X), self.X_fit_, self.dual_coef_,
+                                      name=self._kernel_name, rows=rows, tile=rows,
+                                      dtype=self.dtype, client=client)
 
 
 class _KernelRegressor(RegressorMixin, _KernelModel):
@@ -144,7 +261,7 @@ class _KernelRegressor(RegressorMixin, _KernelModel):
         return tags
 
 
-class NTKRegressor(_KernelRegressor):
+class NTKRegressor(_KernelRegressor, _NTKModel):
     """Mean prediction of infinitely wide networks trained on MSE to time ``t`` (NTK-GP mean).
 
     Parameters
@@ -156,6 +273,8 @@ class NTKRegressor(_KernelRegressor):
     learning_rate : step size η (only the product η·t matters for gradient flow).
     batch_size : kernel block size (rows and columns) or None for ntkit's default.
     dtype : 'float64' (default) or 'float32' for the kernel computations.
+    solver, store, client, cg_tol, cg_max_iter, cg_centres : the scale path (see ``_NTKModel``):
+        ``solver="cg", store="K.zarr"`` for training sets whose kernel does not fit in memory.
 
     Targets may be (n,) or (n, outputs).
     """
@@ -172,7 +291,7 @@ class NTKRegressor(_KernelRegressor):
         return self._raw_predict(X)
 
 
-class NTKClassifier(ClassifierMixin, _KernelModel):
+class NTKClassifier(ClassifierMixin, _NTKModel):
     """Classifier by NTK regression on one-hot targets, predicting the argmax.
 
     Parameters as in ``NTKRegressor``. ``classes_`` holds the sorted class labels;
