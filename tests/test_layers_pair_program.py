@@ -161,3 +161,20 @@ def test_window_sums_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="window_sums"):
         conv_native.window_sums(src, torch.zeros((5, 5, 5, 5)), 1, (3, 3), (2, 2), (2, 2),
                                 False, 1.0)
+
+
+@pytest.mark.parametrize("axis", ["channels", "all"])
+def test_layernorm_in_program_matches_layer_by_layer_path(axis):
+    """LayerNorm (its own map per pair, variances from the self pairs) between convolutions
+    and inside a residual branch, float64, against the layers applied one by one in torch."""
+    arch = nk.Sequential(
+        nk.Conv2d(4, 3, W_std=1.2, b_std=0.1), nk.LayerNorm(axis=axis), nk.ReLU(),
+        nk.Residual(nk.Sequential(nk.Conv2d(4, 3, W_std=1.1), nk.LayerNorm(axis=axis, eps=0.3))),
+        nk.AvgPool2d(2), nk.Flatten(), nk.Linear(1, W_std=1.0, b_std=0.1))
+    assert _covered(arch, (2, 8, 8)) == 5
+    x1 = torch.from_numpy(_images(8, 3))
+    fast = arch.kernel(x1)
+    ref = arch.kernel(x1, options=KernelOptions(native=False))
+    for name in ("nngp", "ntk"):
+        got, want = getattr(fast, name), getattr(ref, name)
+        assert float((got - want).abs().max() / want.abs().max()) < 1e-12, name

@@ -16,10 +16,12 @@ that pair alone, the layer maps being those of the layers themselves:
   zero border (no padding copies);
   GlobalAvgPool2d: the fixed-order mean (``fixed_sum``), which ends the program;
 * ParallelSum / Residual whose branches are such layers (or the identity): the branches run
-  on the same input buffers and their outputs add (``residual``'s module doc);
+  on the same input buffers and their outputs add (``residual``'s module doc); a branch that
+  ends with a stride-1 convolution adds the running sum inside that pass;
+* LayerNorm: its own map (``LayerNorm.apply``) on the pair's state alone;
 * the identity activation: nothing.
 
-The ReLU-family map needs each member's per-position variance at the activation's input,
+The ReLU-family map (and LayerNorm) needs each member's per-position variance at its input,
 v[p] = Σ_xx[p, p]. The pairs of each input with itself (``KernelState.self_index1/2``) run
 first; at every activation their pre-activation diagonal is read from the buffer (a
 convolution followed by an activation then runs as the convolution alone, the diagonal read,
@@ -111,6 +113,7 @@ class _Compiler:
         """(ops, how many leading layers they cover, the shape after them, whether they end
         flat) for per-example input shape ``shape``."""
         from .conv import Conv2d
+        from .normalization import LayerNorm
         from .pooling import AvgPool2d, GlobalAvgPool2d
         from .residual import ParallelSum
         from .sequential import Sequential
@@ -139,6 +142,8 @@ class _Compiler:
                 ops.append(Op("relu", (h, w), (h, w), act=layer, stage=self._stage()))
             elif type(layer) is Identity:
                 pass
+            elif type(layer) is LayerNorm:
+                ops.append(Op("map", (h, w), (h, w), layer, stage=self._stage()))
             elif type(layer) is AvgPool2d:
                 out = self._border(h, w, layer.kernel_size, layer.stride, layer.padding)
                 if out is None:
@@ -202,6 +207,10 @@ def _bound(ops: List[Op], hi: float, lo: float) -> Tuple[float, float, bool]:
                 return hi, lo, False
             hi += max(0.0, math.log2(h))
             lo += math.log2(h)
+        if op.kind == "map":  # LayerNorm: v' = v / (eps + v), in (0, 1], increasing in v
+            eps = op.layer.eps
+            hi = 0.0
+            lo = 0.0 if eps == 0.0 else min(0.0, lo - math.log2(eps + 2.0 ** max(lo, -1074)))
         if op.kind == "sum":
             his, los = [], []
             for branch in op.branches:
@@ -285,13 +294,16 @@ class _Buffers:
 class _Runner:
     """Runs a program's ops on the buffers of one pair at a time (see the module doc)."""
 
-    def __init__(self, prog: Program, like: torch.Tensor, track: bool, rows: int):
+    def __init__(self, prog: Program, like: torch.Tensor, track: bool, rows: int,
+                 log2_scale: int = 0):
         self.prog = prog
+        self.log2_scale = log2_scale
         self.bufs = _Buffers(like, prog.pad)
         self.track = track
         # per activation: r = 1/sqrt(v), g = sqrt(v) of each self pair's row, (rows, H, W)
         self.r: List[Optional[torch.Tensor]] = [None] * prog.stages
         self.g: List[Optional[torch.Tensor]] = [None] * prog.stages
+        self.v: List[Optional[torch.Tensor]] = [None] * prog.stages
         self.rows = rows
 
     # the factors of pair k's members at an activation; a self pair records its own first
@@ -303,8 +315,10 @@ class _Runner:
                 h, w = op.hw
                 self.r[op.stage] = v.new_zeros((self.rows, h, w))
                 self.g[op.stage] = v.new_zeros((self.rows, h, w))
+                self.v[op.stage] = v.new_zeros((self.rows, h, w))
             self.r[op.stage][k] = r
             self.g[op.stage][k] = g
+            self.v[op.stage][k] = v
         r1, g1 = self.r[op.stage][i1:i1 + 1], self.g[op.stage][i1:i1 + 1]
         r2, g2 = self.r[op.stage][i2:i2 + 1], self.g[op.stage][i2:i2 + 1]
         return r1, r2, g1, g2
@@ -371,6 +385,8 @@ class _Runner:
                                 op.act, factors)
         if op.kind == "conv":
             return self._conv(op, s, t)
+        if op.kind == "map":
+            return self._map(op, s, t, k, i1, i2, is_self)
         if op.kind == "pool":
             return self._pool(op, s, t)
         if op.kind == "gap":
@@ -396,6 +412,26 @@ class _Runner:
                 t_new.copy_(self.bufs.interior(os_, op.out_hw))
             elif trains:
                 t_new.add_(self.bufs.interior(os_, op.out_hw))
+        return os_, ot
+
+    def _map(self, op: Op, s, t, k, i1, i2, is_self):
+        """A layer's own map (LayerNorm) on the paired state of this pair alone, the members'
+        variances from their self pairs; in the program's units (``log2_scale``)."""
+        self._factors(op, s, k, i1, i2, is_self)
+        v = self.v[op.stage]
+        interior = self.bufs.interior
+        state = KernelState(
+            cov=interior(s, op.hw)[None].clone(), var1=v[i1:i1 + 1].clone(),
+            var2=v[i2:i2 + 1].clone(), ntk=None if t is None else interior(t, op.hw)[None].clone(),
+            width=1, layout="paired", spatial="full", track_ntk=self.track,
+            log2_scale=self.log2_scale)
+        out = op.layer.apply(state).at_scale(self.log2_scale)
+        os_ = self.bufs.get(op.out_hw)
+        interior(os_, op.out_hw).copy_(out.cov[0])
+        ot = None
+        if out.ntk is not None:
+            ot = self.bufs.get(op.out_hw)
+            interior(ot, op.out_hw).copy_(out.ntk[0])
         return os_, ot
 
     def _windows(self, op: Op, src, kernel, stride, padding: str, box: bool, w2: float,
@@ -485,7 +521,7 @@ def run_program(prog: Program, state: KernelState) -> KernelState:
     m = ref.shape[0]
     h, w = state.var1.shape[-2:]
     hw = (int(h), int(w))
-    runner = _Runner(prog, ref, state.track_ntk, m)
+    runner = _Runner(prog, ref, state.track_ntk, m, state.log2_scale)
     self1, self2 = state.self_index1, state.self_index2
     rows = torch.arange(m, device=self1.device)
     is_self = (self1 == rows) & (self2 == rows)
