@@ -65,6 +65,8 @@ _state = {"lib": None, "tried": False, "error": None}
 # tile from its KernelOptions (``allowed``), so that layers deep inside (the dense arc-cosine
 # block) follow the options without a module-level switch.
 _allowed: ContextVar[bool] = ContextVar("ntkit_native_allowed", default=True)
+# at most this many OpenMP threads per call in the current thread (``thread_cap``); None: all
+_cap: ContextVar[Optional[int]] = ContextVar("ntkit_native_thread_cap", default=None)
 
 
 @contextlib.contextmanager
@@ -250,7 +252,20 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 
 def _threads() -> int:
-    return max(1, torch.get_num_threads()) if _state.get("openmp") else 1
+    n = max(1, torch.get_num_threads()) if _state.get("openmp") else 1
+    cap = _cap.get()
+    return n if cap is None else max(1, min(n, cap))
+
+
+@contextlib.contextmanager
+def thread_cap(n: int) -> Iterator[None]:
+    """Within the block (in this thread), the library's calls use at most ``n`` threads (callers
+    that run several pairs at once in threads of their own pass 1)."""
+    token = _cap.set(int(n))
+    try:
+        yield
+    finally:
+        _cap.reset(token)
 
 
 def conv_relu_step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tensor,

@@ -36,7 +36,9 @@ torch implementation), with the same results to rounding.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -291,31 +293,47 @@ class _Buffers:
                               buf.storage_offset() + self.pad * sum(s))
 
 
-class _Runner:
-    """Runs a program's ops on the buffers of one pair at a time (see the module doc)."""
+def _stage_sizes(ops: List[Op], out: Dict[int, Tuple[int, int]]) -> Dict[int, Tuple[int, int]]:
+    for op in ops:
+        if op.stage >= 0:
+            out[op.stage] = op.hw
+        for branch in op.branches:
+            _stage_sizes(branch, out)
+    return out
 
-    def __init__(self, prog: Program, like: torch.Tensor, track: bool, rows: int,
+
+def _has_ntk(ops: List[Op]) -> bool:
+    """Whether the output carries an NTK when the input does not: once a trainable
+    convolution has started one, every op keeps it (a sum keeps any branch's)."""
+    return any((op.kind in ("conv", "conv_relu") and op.layer.trainable)
+               or any(_has_ntk(b) for b in op.branches) for op in ops)
+
+
+class _Runner:
+    """Runs a program's ops on the buffers of one pair at a time (see the module doc). The
+    tables of the self pairs' variances are shared by the runners of one program run (one
+    runner per worker thread; each row is written by the runner of its self pair)."""
+
+    def __init__(self, prog: Program, like: torch.Tensor, track: bool, tables,
                  log2_scale: int = 0):
         self.prog = prog
         self.log2_scale = log2_scale
         self.bufs = _Buffers(like, prog.pad)
         self.track = track
-        # per activation: r = 1/sqrt(v), g = sqrt(v) of each self pair's row, (rows, H, W)
-        self.r: List[Optional[torch.Tensor]] = [None] * prog.stages
-        self.g: List[Optional[torch.Tensor]] = [None] * prog.stages
-        self.v: List[Optional[torch.Tensor]] = [None] * prog.stages
-        self.rows = rows
+        # per activation: v, r = 1/sqrt(v), g = sqrt(v) of each self pair's row, (rows, H, W)
+        self.v, self.r, self.g = tables
+
+    @staticmethod
+    def tables(prog: Program, like: torch.Tensor, rows: int):
+        sizes = _stage_sizes(prog.ops, {})
+        return tuple([like.new_zeros((rows,) + tuple(sizes[i])) for i in range(prog.stages)]
+                     for _ in range(3))
 
     # the factors of pair k's members at an activation; a self pair records its own first
     def _factors(self, op: Op, s_pre: torch.Tensor, k: int, i1: int, i2: int, is_self: bool):
         if is_self:
             v = self.bufs.diagonal(s_pre, op.hw).contiguous()
             r, g = relu_map.rank_one_factors(v)
-            if self.r[op.stage] is None:
-                h, w = op.hw
-                self.r[op.stage] = v.new_zeros((self.rows, h, w))
-                self.g[op.stage] = v.new_zeros((self.rows, h, w))
-                self.v[op.stage] = v.new_zeros((self.rows, h, w))
             self.r[op.stage][k] = r
             self.g[op.stage][k] = g
             self.v[op.stage][k] = v
@@ -515,43 +533,56 @@ class _Runner:
 
 
 def run_program(prog: Program, state: KernelState) -> KernelState:
-    """Apply ``prog`` (from ``program_for``) to a paired pixel-pair state; see the module doc."""
+    """Apply ``prog`` (from ``program_for``) to a paired pixel-pair state; see the module doc.
+
+    Pairs run in parallel, one per worker thread (``torch.get_num_threads()`` of them, each
+    native call then on one thread: no synchronization inside a pair), the self pairs first.
+    Each pair's values are computed by one thread in a fixed order: the same bits for every
+    thread count."""
     images = state.images if state.cov is None else None
     ref = state.cov if images is None else images[0]
     m = ref.shape[0]
     h, w = state.var1.shape[-2:]
     hw = (int(h), int(w))
-    runner = _Runner(prog, ref, state.track_ntk, m, state.log2_scale)
+    tables = _Runner.tables(prog, ref, m)
     self1, self2 = state.self_index1, state.self_index2
     rows = torch.arange(m, device=self1.device)
     is_self = (self1 == rows) & (self2 == rows)
-    order = torch.cat([rows[is_self], rows[~is_self]]).tolist()
     is_self_l = is_self.tolist()
     s1, s2 = self1.tolist(), self2.tolist()
-    bufs = runner.bufs
     out_hw = (1, 1) if prog.flat else tuple(prog.out_shape[1:])
     out_cov = ref.new_empty((m,) if prog.flat else (m,) + out_hw + out_hw)
-    out_ntk = None
+    out_ntk = torch.empty_like(out_cov) if state.track_ntk and _has_ntk(prog.ops) else None
     p = prog.pad
-    for k in order:
-        s_in = bufs.get(hw)
-        if images is not None:
-            conv_native.pair_input(images[0][k].contiguous(), images[1][k].contiguous(), s_in,
-                                   p, p)
-        else:
-            bufs.interior(s_in, hw).copy_(state.cov[k])
-        s_out, t_out = runner.run(prog.ops, s_in, None, k, s1[k], s2[k], is_self_l[k])
-        if prog.flat:
-            out_cov[k] = s_out
-        else:
-            out_cov[k] = bufs.interior(s_out, out_hw)
-        if t_out is not None:
-            if out_ntk is None:
-                out_ntk = torch.zeros_like(out_cov)
-            out_ntk[k] = t_out if prog.flat else bufs.interior(t_out, out_hw)
-        if not prog.flat:
-            runner._release(s_out, t_out, keep=(s_in,))
-        bufs.put(s_in)
+
+    def work(ks: List[int], cap: Optional[int]) -> None:
+        runner = _Runner(prog, ref, state.track_ntk, tables, state.log2_scale)
+        bufs = runner.bufs
+        with conv_native.thread_cap(cap) if cap else contextlib.nullcontext():
+            for k in ks:
+                s_in = bufs.get(hw)
+                if images is not None:
+                    conv_native.pair_input(images[0][k].contiguous(),
+                                           images[1][k].contiguous(), s_in, p, p)
+                else:
+                    bufs.interior(s_in, hw).copy_(state.cov[k])
+                s_out, t_out = runner.run(prog.ops, s_in, None, k, s1[k], s2[k], is_self_l[k])
+                out_cov[k] = s_out if prog.flat else bufs.interior(s_out, out_hw)
+                if out_ntk is not None:
+                    out_ntk[k] = t_out if prog.flat else bufs.interior(t_out, out_hw)
+                if not prog.flat:
+                    runner._release(s_out, t_out, keep=(s_in,))
+                bufs.put(s_in)
+
+    workers = max(1, torch.get_num_threads())
+    for phase in (rows[is_self].tolist(), rows[~is_self].tolist()):
+        n = min(workers, len(phase))
+        if n <= 1:
+            work(phase, None)
+            continue
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            for f in [pool.submit(work, phase[i::n], 1) for i in range(n)]:
+                f.result()
     width = prog.out_shape[0]
     own1, own2 = state.own_covariances(out_cov)
     if prog.flat:
