@@ -1,6 +1,9 @@
-"""Native CPU kernels, built on first use: the fused [Conv2d, ReLU-family] layer (the main one),
-the pixel-pair input covariance, and the dense arc-cosine map of the fully-connected ReLU
-family (``arccos_dense``, one pass instead of ~12 torch operations).
+"""Native CPU kernels, built on first use: the fused [Conv2d, ReLU-family] layer (the main one;
+also the convolution alone, the activation alone, or the convolution plus an addend, for
+``pair_program``), strided window sums of one pair's pixel pairs (strided or "valid"
+convolutions, average pooling: ``window_sums``), the pixel-pair input covariance, and the
+dense arc-cosine map of the fully-connected ReLU family (``arccos_dense``, one pass instead of
+~12 torch operations).
 
 The pass of ``conv_fused._step`` (stencil sums of Σ and Θ, arc-cosine activation, writes into
 the interior of the next zero-padded buffer) is written once in C++
@@ -17,7 +20,8 @@ Shared constants: ``relu_map``'s asin polynomials and snapping of correlations, 
 (``native_header``) and checked again when the library is loaded (``constants``); the C++
 source holds no copy of them.
 
-Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads. Every output is
+Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads (at most
+``thread_cap``'s in the calling thread; passes too small to gain run on one). Every output is
 computed by one thread from the same operands, and the sums of a GAP-folded last layer are
 per-plane partial sums added in plane order, so results are bit-identical for every thread
 count. The library is linked with ``-fopenmp`` and loaded after torch, so it binds to the

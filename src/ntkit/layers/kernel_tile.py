@@ -37,7 +37,7 @@ from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
                          writes_input_in_place)
 from .pair_program import program_for, run_program
 from .image_state import (check_images, materialize, pixel_pair_plan, pixel_pair_state,
-                          precise_image_state, same_position_state)
+                          pixel_variances, precise_image_state, same_position_state)
 from .state import KernelState, paired_input_state
 
 # Pairs whose input correlation exceeds 1 - tol are recomputed on the precise (distance-carrying)
@@ -154,7 +154,8 @@ def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
         return max(1, min(1024, int(math.sqrt(options.memory_budget / per_pair))))
     layers = list(arch.layers)
     own = torch.zeros(1, dtype=torch.int64, device=x.device)
-    probe = KernelState(cov=None, var1=x[:1, 0], var2=x[:1, 0], ntk=None, width=x.shape[1],
+    v = pixel_variances(x[:1])
+    probe = KernelState(cov=None, var1=v, var2=v, ntk=None, width=x.shape[1],
                         layout="paired", spatial="full", images=(x[:1], x[:1]),
                         self_index1=own, self_index2=own)
     n_fused = fused_length(layers, probe, options)

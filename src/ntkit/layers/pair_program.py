@@ -14,7 +14,7 @@ that pair alone, the layer maps being those of the layers themselves:
   "valid"): ``conv_native.window_sums``, the strided window sums of ``conv_ops`` (a
   convolution's diagonal filter, pooling's box filter of each member) read from the buffer's
   zero border (no padding copies);
-  GlobalAvgPool2d: the fixed-order mean (``fixed_sum``), which ends the program;
+* GlobalAvgPool2d: the fixed-order mean (``fixed_sum``), which ends the program;
 * ParallelSum / Residual whose branches are such layers (or the identity): the branches run
   on the same input buffers and their outputs add (``residual``'s module doc); a branch that
   ends with a stride-1 convolution adds the running sum inside that pass;
@@ -27,7 +27,12 @@ first; at every activation their pre-activation diagonal is read from the buffer
 convolution followed by an activation then runs as the convolution alone, the diagonal read,
 then the activation alone), so every later pair finds v for both of its members, after any
 pooling. The output is the state after the covered layers: (m, h, w, h, w) pixel pairs with
-their variances (``KernelState.own_covariances``), or flat after a GlobalAvgPool2d.
+their variances (``KernelState.own_covariances``), or flat after a GlobalAvgPool2d. A tile
+thus keeps only each pair's inputs and outputs, so its tiles can be large and the pairs of
+inputs with themselves a small share of its work (``kernel_tile.tile_side``).
+
+Pairs run in parallel, one per worker thread (``run_program``); every value is computed by
+one thread in a fixed order, so the bits do not depend on the thread count.
 
 The program runs in the stored units of its input (no ``log2_scale`` of its own): it is used
 only when a bound on the variances (``_in_range``) keeps them 2**20 inside the dtype's normal
@@ -54,8 +59,8 @@ from .state import KernelState
 
 @dataclass
 class Op:
-    """One step of a program: ``kind`` in conv, conv_relu, relu, pool, gap, sum; ``layer``
-    (conv, pool), ``act`` (ABReLU), ``stage`` (the activation's index in the variance table),
+    """One step of a program: ``kind`` in conv, conv_relu, relu, pool, gap, sum, map;
+    ``layer`` (conv, pool, LayerNorm), ``act`` (ABReLU), ``stage`` (the activation's index in the variance table),
     ``branches`` (sum: one op list per branch, [] for the identity), ``hw`` the input
     resolution and ``out_hw`` the output one."""
     kind: str
