@@ -3,6 +3,7 @@ neural-tangents side by side in one run (issue 15). Prints JSON.
 
     .venv/bin/python benchmarks/resnet_kernels.py [--n 4] [--dtypes float32,float64]
                                                   [--wrn-depth 10] [--wrn-k 1] [--peer auto|no]
+                                                  [--archs myrtle5,wrn] [--repeats 1]
 
 Kernels of n random images against themselves (x2=None: n² entries, n(n+1)/2 pairs computed);
 ms per entry = wall time / n² after one warm-up call. neural-tangents runs jitted in
@@ -53,7 +54,10 @@ def main(argv=None) -> None:
     p.add_argument("--wrn-depth", type=int, default=10)
     p.add_argument("--wrn-k", type=int, default=1)
     p.add_argument("--peer", default="auto")
+    p.add_argument("--archs", default="myrtle5,wrn", help="comma-separated: myrtle5, wrn")
+    p.add_argument("--repeats", type=int, default=1)
     args = p.parse_args(argv)
+    wanted = set(args.archs.split(","))
     cases = [("myrtle5", nk.myrtle(5), "nngp", {"arch": "myrtle5"}),
              (f"wrn-{args.wrn_depth}-{args.wrn_k}", nk.wide_resnet(args.wrn_depth, args.wrn_k), "ntk",
               {"arch": "wrn", "depth": args.wrn_depth, "k": args.wrn_k})]
@@ -62,9 +66,12 @@ def main(argv=None) -> None:
         xn = _images(args.n, 32, dtype)
         x = torch.from_numpy(xn.transpose(0, 3, 1, 2).copy())
         for name, arch, get, peer_cfg in cases:
-            sec, k = median_time(lambda: getattr(arch.kernel(x, get=get), get), 1)
+            if peer_cfg["arch"] not in wanted:
+                continue
+            sec, k = median_time(lambda: getattr(arch.kernel(x, get=get), get), args.repeats)
             row = {"arch": name, "get": get, "dtype": dtype, "n": args.n,
-                   "ms_per_entry": 1e3 * sec / args.n ** 2, "threads": torch.get_num_threads()}
+                   "ms_per_entry": 1e3 * sec / args.n ** 2, "threads": torch.get_num_threads(),
+                   "load_avg_1min": os.getloadavg()[0]}
             if args.peer != "no":
                 peer = time_peer({**peer_cfg, "get": get, "n": args.n, "size": 32, "dtype": dtype})
                 if peer and "seconds" in peer:

@@ -1,6 +1,9 @@
-"""Native CPU kernels, built on first use: the fused [Conv2d, ReLU-family] layer (the main one),
-the pixel-pair input covariance, and the dense arc-cosine map of the fully-connected ReLU
-family (``arccos_dense``, one pass instead of ~12 torch operations).
+"""Native CPU kernels, built on first use: the fused [Conv2d, ReLU-family] layer (the main one;
+also the convolution alone, the activation alone, or the convolution plus an addend, for
+``pair_program``), strided window sums of one pair's pixel pairs (strided or "valid"
+convolutions, average pooling: ``window_sums``), the pixel-pair input covariance, and the
+dense arc-cosine map of the fully-connected ReLU family (``arccos_dense``, one pass instead of
+~12 torch operations).
 
 The pass of ``conv_fused._step`` (stencil sums of Σ and Θ, arc-cosine activation, writes into
 the interior of the next zero-padded buffer) is written once in C++
@@ -17,7 +20,8 @@ Shared constants: ``relu_map``'s asin polynomials and snapping of correlations, 
 (``native_header``) and checked again when the library is loaded (``constants``); the C++
 source holds no copy of them.
 
-Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads. Every output is
+Threads: the work is split over ``torch.get_num_threads()`` OpenMP threads (at most
+``thread_cap``'s in the calling thread; passes too small to gain run on one). Every output is
 computed by one thread from the same operands, and the sums of a GAP-folded last layer are
 per-plane partial sums added in plane order, so results are bit-identical for every thread
 count. The library is linked with ``-fopenmp`` and loaded after torch, so it binds to the
@@ -54,7 +58,7 @@ _SOURCE = Path(__file__).with_name("native") / "fused_conv_relu.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
           "-std=c++17", "-fPIC", "-shared"]
 # the calling convention of the library's entry points; bump on any change of arguments
-ABI_VERSION = 8
+ABI_VERSION = 11
 _HEADER = "ntkit_relu_map.h"
 # regimes of the C++ kernel (see its header comment)
 REGIME_DIAG_DENSE, REGIME_DIAG_PAIRED, REGIME_FULL = 0, 1, 2
@@ -65,6 +69,8 @@ _state = {"lib": None, "tried": False, "error": None}
 # tile from its KernelOptions (``allowed``), so that layers deep inside (the dense arc-cosine
 # block) follow the options without a module-level switch.
 _allowed: ContextVar[bool] = ContextVar("ntkit_native_allowed", default=True)
+# at most this many OpenMP threads per call in the current thread (``thread_cap``); None: all
+_cap: ContextVar[Optional[int]] = ContextVar("ntkit_native_thread_cap", default=None)
 
 
 @contextlib.contextmanager
@@ -170,11 +176,15 @@ def _open(path: Path):
     for name in ("ntkit_conv_relu_f32", "ntkit_conv_relu_f64"):
         fn = getattr(lib, name)
         fn.restype = None
-        fn.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int, ctypes.c_void_p]
+        fn.argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_int, ctypes.c_void_p]
     for name in ("ntkit_pair_input_f32", "ntkit_pair_input_f64"):
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+    for name in ("ntkit_window_f32", "ntkit_window_f64"):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_double] * 2 + [ctypes.c_int]
     for name in ("ntkit_arccos_dense_f32", "ntkit_arccos_dense_f64"):
         fn = getattr(lib, name)
         fn.restype = None
@@ -246,27 +256,54 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 
 def _threads() -> int:
-    return max(1, torch.get_num_threads()) if _state.get("openmp") else 1
+    n = max(1, torch.get_num_threads()) if _state.get("openmp") else 1
+    cap = _cap.get()
+    return n if cap is None else max(1, min(n, cap))
+
+
+@contextlib.contextmanager
+def thread_cap(n: int) -> Iterator[None]:
+    """Within the block (in this thread), the library's calls use at most ``n`` threads (callers
+    that run several pairs at once in threads of their own pass 1)."""
+    token = _cap.set(int(n))
+    try:
+        yield
+    finally:
+        _cap.reset(token)
 
 
 def conv_relu_step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tensor,
                    ot: Optional[torch.Tensor], r1: torch.Tensor, r2: torch.Tensor,
                    g1: torch.Tensor, g2: torch.Tensor, geom: Sequence[int],
-                   consts: Sequence[float], sums: Optional[torch.Tensor] = None) -> None:
+                   consts: Sequence[float], sums: Optional[torch.Tensor] = None,
+                   add: Optional[Sequence[Optional[torch.Tensor]]] = None) -> None:
     """One fused layer on contiguous CPU tensors of one dtype (float32 or float64).
 
-    geom = (regime, A, B, H, W, kh, kw): regime 2 (pixel pairs): arrays (A, Hp, Wp, Hp, Wp),
-    r/g (A, H, W); regime 0 (same positions, dense): arrays (A, B, Hp, Wp), r1/g1 (A, H, W),
-    r2/g2 (B, H, W); regime 1 (paired): arrays (A, Hp, Wp), r/g (A, H, W).
-    consts = (W_std²/(kh·kw), b_std², (a²+b²)/2, (a-b)²/(2π), trainable); the activation
-    is relu_map's fast map (edge conventions there).
+    geom = (regime, A, B, H, W, kh, kw[, ph, pw]): regime 2 (pixel pairs): arrays
+    (A, Hp, Wp, Hp, Wp), r/g (A, H, W); regime 0 (same positions, dense): arrays
+    (A, B, Hp, Wp), r1/g1 (A, H, W), r2/g2 (B, H, W); regime 1 (paired): arrays (A, Hp, Wp),
+    r/g (A, H, W). Hp = H + 2 ph, Wp = W + 2 pw: the arrays' zero border, at least (and by
+    default) (kh-1)/2, (kw-1)/2.
+    consts = (W_std²/(kh·kw), b_std², (a²+b²)/2, (a-b)²/(2π), trainable[, mode]): mode 1
+    (default) the activation follows, relu_map's fast map (edge conventions there); mode 0
+    writes the convolution alone; mode 2 the convolution plus ``add`` = (s_add, t_add),
+    arrays of the outputs' shape (t_add needed when ot is written). r/g are read in mode 1
+    only, but must have their shapes.
     sums (regime 2 only): a float64 tensor of 2 to which Σ_{p,p'} S' and Σ_{p,p'} T' are added
     instead of writing os_/ot (a last layer followed by GlobalAvgPool2d)."""
     lib = _load()
     if lib is None:
         raise RuntimeError(f"native kernel unavailable: {_state['error']}")
     dtype = ps.dtype
-    tensors = [ps, pt, os_, ot, r1, r2, g1, g2]
+    s_add, t_add = (None, None) if add is None else add
+    if len(consts) == 6 and int(consts[5]) == 2 and (
+            s_add is None or s_add.shape != os_.shape
+            or (ot is not None and (t_add is None or t_add.shape != ot.shape))):
+        raise ValueError("mode 2: add = (s_add, t_add) of the outputs' shapes (t_add when the "
+                         "NTK is written)")
+    if len(consts) == 6 and int(consts[5]) != 2:
+        s_add = t_add = None
+    tensors = [ps, pt, os_, ot, s_add, t_add, r1, r2, g1, g2]
     for t in tensors:
         if t is not None and (t.dtype != dtype or t.device.type != "cpu"
                               or not t.is_contiguous()):
@@ -279,11 +316,20 @@ def conv_relu_step(ps: torch.Tensor, pt: Optional[torch.Tensor], os_: torch.Tens
     if sums is not None and (regime != REGIME_FULL or sums.dtype != torch.float64
                              or sums.numel() != 2 or not sums.is_contiguous()):
         raise ValueError("sums: a contiguous float64 tensor of 2, pixel-pair regime only")
-    g = (ctypes.c_int64 * 7)(*[int(v) for v in geom])
-    if len(consts) != 5:
-        raise ValueError(f"consts: 5 values (scale, b2, half_sum, c, trainable), got "
-                         f"{len(consts)}")
-    c = (ctypes.c_double * 5)(*[float(v) for v in consts])
+    geom = [int(v) for v in geom]
+    if len(geom) == 7:
+        geom += [(geom[5] - 1) // 2, (geom[6] - 1) // 2]
+    if len(geom) != 9 or geom[7] < (geom[5] - 1) // 2 or geom[8] < (geom[6] - 1) // 2:
+        raise ValueError(f"geom: (regime, A, B, H, W, kh, kw[, ph, pw]) with a border of at "
+                         f"least half the window, got {tuple(geom)}")
+    g = (ctypes.c_int64 * 9)(*geom)
+    consts = [float(v) for v in consts]
+    if len(consts) == 5:
+        consts.append(1.0)
+    if len(consts) != 6 or consts[5] not in (0.0, 1.0, 2.0):
+        raise ValueError(f"consts: 5 or 6 values (scale, b2, half_sum, c, trainable"
+                         f"[, mode 0|1|2]), got {consts}")
+    c = (ctypes.c_double * 6)(*consts)
     fn(*[_ptr(t) for t in tensors], ctypes.addressof(g), ctypes.addressof(c), _threads(),
        _ptr(sums))
 
@@ -333,3 +379,32 @@ def arccos_dense(cov: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, g1: torc
     fn(cov.data_ptr(), _ptr(dot), r1.data_ptr(), r2.data_ptr(), g1.data_ptr(), g2.data_ptr(),
        n1, n2, float(half_sum), float(diff2) / (2 * math.pi), _threads())
     return dot
+
+
+def window_sums(src: torch.Tensor, out: torch.Tensor, pad: int, kernel: Sequence[int],
+                stride: Sequence[int], low: Sequence[int], box: bool, scale: float,
+                b2: float = 0.0) -> None:
+    """Strided window sums of one pair's pixel pairs (a strided or "valid" convolution's
+    diagonal filter, ``box=False``, or average pooling's box filter, ``box=True``; see
+    ``conv_ops``), from the interior of src (H+2P, W+2P, H+2P, W+2P) into the interior of out
+    (Ho+2P, Wo+2P, Ho+2P, Wo+2P), P = ``pad``: out = scale * sums + b2. ``low``: the zero
+    padding before each axis (at most P)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {_state['error']}")
+    h, w = src.shape[0] - 2 * pad, src.shape[1] - 2 * pad
+    ho, wo = out.shape[0] - 2 * pad, out.shape[1] - 2 * pad
+    (kh, kw), (sh, sw), (lo_h, lo_w) = kernel, stride, low
+    if (src.shape != (h + 2 * pad, w + 2 * pad) * 2 or out.shape != (ho + 2 * pad, wo + 2 * pad) * 2
+            or not 0 <= lo_h <= pad or not 0 <= lo_w <= pad
+            or sh * (ho - 1) + kh - lo_h > h + pad or sw * (wo - 1) + kw - lo_w > w + pad):
+        raise ValueError(f"window_sums: shapes {tuple(src.shape)} -> {tuple(out.shape)} do not "
+                         f"match kernel {tuple(kernel)}, stride {tuple(stride)}, border {pad}")
+    for t in (src, out):
+        if t.dtype != src.dtype or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError("native kernel needs contiguous CPU tensors of one dtype")
+    fn = {torch.float32: lib.ntkit_window_f32, torch.float64: lib.ntkit_window_f64}.get(src.dtype)
+    if fn is None:
+        raise ValueError(f"native kernel supports float32/float64, got {src.dtype}")
+    g = (ctypes.c_int64 * 12)(h, w, pad, ho, wo, kh, kw, sh, sw, lo_h, lo_w, int(box))
+    fn(src.data_ptr(), out.data_ptr(), ctypes.addressof(g), float(scale), float(b2), _threads())

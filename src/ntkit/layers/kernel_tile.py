@@ -16,7 +16,10 @@ declare, never from their classes:
 
 The readout is the first layer whose output is flat (``out_shape`` of rank 1). Leading
 [Conv2d, ReLU-family] chains run as one fused pass per layer (``conv_fused``), a
-GlobalAvgPool2d right after them folded into the last pass.
+GlobalAvgPool2d right after them folded into the last pass. Pixel pairs on the CPU with the
+native kernel: when a longer prefix qualifies (pooling, strided convolutions, residual blocks:
+Myrtle, WideResNet), it runs pair by pair in native passes instead (``pair_program``), and
+the tile keeps only each pair's output.
 """
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ from .base import apply_chain
 from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
                          writes_input_in_place)
 from .near_pairs import apply_precise, initial_differences
+from .pair_program import program_for, run_program
 from .image_state import (check_images, materialize, pixel_pair_plan, pixel_pair_state,
-                          precise_image_state, same_position_state)
+                          pixel_variances, precise_image_state, same_position_state)
 from .state import KernelState, paired_input_state
 
 # Pairs whose input correlation exceeds 1 - tol are recomputed on the precise (distance-carrying)
@@ -47,6 +51,9 @@ FLAT_TILE = 512
 EAGER_TENSORS_PER_PAIR = 20
 # the fused prefix's outputs (Σ, Θ) and a stored input covariance, per pair
 FUSED_TENSORS_PER_PAIR = 4
+# padded single-pair buffers live at once in a pair_program (input, S and T of a branch and of
+# a running residual sum, intermediates): a fixed cost of a tile
+PROGRAM_BUFFERS = 10
 # largest tile side for pixel pairs when the fused pass reduces them to scalars (GAP readout)
 PIXEL_PAIR_TILE_MAX = 64
 
@@ -74,10 +81,16 @@ def regime(arch, in_shape: Tuple[int, ...]) -> str:
 
 
 def run_layers(layers: Sequence, state: KernelState, options: KernelOptions) -> KernelState:
-    """Apply ``layers`` to an input state: a qualifying leading chain fused, the rest one by one."""
+    """Apply ``layers`` to an input state: a qualifying leading chain fused (a [Conv2d, ReLU]
+    chain by ``conv_fused``, or, for pixel pairs, a longer prefix with pooling and residual
+    blocks by ``pair_program``), the rest one by one."""
     k = _within_range(layers, state, fused_length(layers, state, options))
+    gap = folds_gap(layers, k, state) if k else False
+    prog = program_for(layers, state, options)
+    if prog is not None and prog.n_layers > k + (1 if gap else 0):
+        state = run_program(prog, state)
+        return apply_chain(layers[prog.n_layers:], state.renormalized(), first=prog.n_layers)
     if k:
-        gap = folds_gap(layers, k, state)
         state = run_fused(layers[:k], state, options, gap)
         k += 1 if gap else 0
     else:
@@ -141,11 +154,31 @@ def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
         per_pair = h * w * x.element_size() * EAGER_TENSORS_PER_PAIR
         return max(1, min(1024, int(math.sqrt(options.memory_budget / per_pair))))
     layers = list(arch.layers)
-    probe = KernelState(cov=None, var1=x[:1, 0], var2=x[:1, 0], ntk=None, width=1,
-                        layout="paired", spatial="full", images=(x[:1], x[:1]))
+    own = torch.zeros(1, dtype=torch.int64, device=x.device)
+    v = pixel_variances(x[:1])
+    probe = KernelState(cov=None, var1=v, var2=v, ntk=None, width=x.shape[1],
+                        layout="paired", spatial="full", images=(x[:1], x[:1]),
+                        self_index1=own, self_index2=own)
     n_fused = fused_length(layers, probe, options)
     esize = x.element_size()
-    if folds_gap(layers, n_fused, probe):  # pairs reduce to scalars: the inputs dominate
+    fixed = 0
+    prog = program_for(layers, probe, options)
+    if prog is not None and prog.n_layers > n_fused + (1 if folds_gap(layers, n_fused, probe)
+                                                       else 0):
+        # the program (run pair by pair) keeps the inputs and its outputs per pair
+        out = 1 if prog.flat else (prog.out_shape[1] * prog.out_shape[2]) ** 2
+        per_pair = 4 * x[0].numel() * esize + 2 * out * esize
+        shape = prog.out_shape
+        for layer in layers[prog.n_layers:]:
+            nxt = layer.out_shape(shape)
+            if len(shape) == 3:
+                entries_out = (nxt[1] * nxt[2]) ** 2 if len(nxt) == 3 else 1
+                per_pair = max(per_pair, EAGER_TENSORS_PER_PAIR * entries_out * esize)
+            shape = nxt
+        cap = PIXEL_PAIR_TILE_MAX if out <= 16 else 1024
+        # the program's own padded buffers, one pair each, at most PROGRAM_BUFFERS live
+        fixed = PROGRAM_BUFFERS * ((h + 2 * prog.pad) * (w + 2 * prog.pad)) ** 2 * esize
+    elif folds_gap(layers, n_fused, probe):  # pairs reduce to scalars: the inputs dominate
         per_pair = 4 * x[0].numel() * esize
         if not writes_input_in_place(x.device, x.dtype, options):
             per_pair += 2 * (h * w) ** 2 * esize  # the input covariance, stored
@@ -165,7 +198,7 @@ def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
                                EAGER_TENSORS_PER_PAIR * entries_out * esize)
             shape = out
         cap = 1024
-    pairs = max(1, options.memory_budget // per_pair)
+    pairs = max(1, (options.memory_budget - fixed) // per_pair)
     # r x r entries plus 2r pairs of inputs with themselves
     side = int(math.sqrt(pairs + 1)) - 1
     return max(1, min(cap, side))

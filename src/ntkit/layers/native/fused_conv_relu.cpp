@@ -19,6 +19,11 @@
 //                                      r1, g1 (n1, H, W) at p1; r2, g2 (n2, H, W) at p2
 //   regime 1 (same positions, paired): arrays (m, Hp, Wp); plane k; r1, r2 (m, H, W) at k
 //
+// Without the activation (consts[5] == 0) a pass writes the convolution alone, S~ and T~; a
+// 1x1 window with scale 1 and no bias then copies, and with the activation it applies the
+// ReLU-family map alone. The border may be wider than the window's half (ph >= (kh-1)/2):
+// arrays of one resolution share one border whatever the kernel.
+//
 // The arc-cosine map (rho -> theta, sqrt(1 - rho^2) - theta rho) is ntkit.layers.relu_map's
 // fast drop-in, with its edge conventions and constants: the asin polynomials, the snapping of
 // |rho| to 1 and the ABI number come from "ntkit_relu_map.h", which conv_native generates from
@@ -98,6 +103,9 @@ inline T tree_sum(const T* const* p, int64_t j) {
   }
 }
 
+// operations (about: entries times window terms) below which a pass runs on one thread
+constexpr int64_t kParallelWork = int64_t(1) << 18;
+
 struct Consts {
   double scale, b2, hs, c;
 };
@@ -113,9 +121,10 @@ struct Factors {
   const T* gb;
 };
 
-template <class T, int NW, bool HAS_T_IN, bool WRITES_T, bool TRAINS, bool VEC_A>
+template <class T, int NW, bool HAS_T_IN, bool WRITES_T, bool TRAINS, bool VEC_A, int MODE>
 inline void plane(const T* __restrict s_in, const T* __restrict t_in, T* __restrict s_out,
-                  T* __restrict t_out, const int64_t* offs, int nw, const Factors<T>& f,
+                  T* __restrict t_out, const T* __restrict s_add, const T* __restrict t_add,
+                  const int64_t* offs, int nw, const Factors<T>& f,
                   const T* __restrict mask, int64_t L, const Consts& k, T* __restrict s,
                   T* __restrict t) {
   // NW > 0: the window count is known at compile time (1x1, 3x3, 5x5 kernels) and the
@@ -155,15 +164,24 @@ inline void plane(const T* __restrict s_in, const T* __restrict t_in, T* __restr
     }
     const T mk = mask[j];
     const T sp = (acc * scale + b2) * mk;
-    const T rr = (VEC_A ? ra[j] : ra0) * rb[j];
-    const T gg = (VEC_A ? ga[j] : ga0) * gb[j];
-    T th;
-    const T sm = arccos_map(sp * rr, th);
-    s_out[j] = sp * hs + sm * gg * c;
-    if (WRITES_T) {
-      T tp = HAS_T_IN ? tacc * scale * mk : T(0);
-      if (TRAINS) tp += sp;
-      t_out[j] = tp * (hs - th * c);
+    if (MODE == 1) {
+      const T rr = (VEC_A ? ra[j] : ra0) * rb[j];
+      const T gg = (VEC_A ? ga[j] : ga0) * gb[j];
+      T th;
+      const T sm = arccos_map(sp * rr, th);
+      s_out[j] = sp * hs + sm * gg * c;
+      if (WRITES_T) {
+        T tp = HAS_T_IN ? tacc * scale * mk : T(0);
+        if (TRAINS) tp += sp;
+        t_out[j] = tp * (hs - th * c);
+      }
+    } else {  // the convolution alone (MODE 0), or plus the addends (MODE 2)
+      s_out[j] = MODE == 2 ? sp + s_add[j] : sp;
+      if (WRITES_T) {
+        T tp = HAS_T_IN ? tacc * scale * mk : T(0);
+        if (TRAINS) tp += sp;
+        t_out[j] = MODE == 2 ? tp + t_add[j] : tp;
+      }
     }
   }
 }
@@ -176,7 +194,9 @@ void pad_rows(const T* src, T* dst, int64_t H, int64_t W, int64_t Wp) {
 }
 
 struct Geom {
-  int64_t regime, A, B, H, W, kh, kw, ph, pw, Hp, Wp, L;
+  // ph, pw: the buffers' zero border (at least (kh-1)/2, (kw-1)/2); dh, dw: where the
+  // windows start inside it (ph - (kh-1)/2, pw - (kw-1)/2)
+  int64_t regime, A, B, H, W, kh, kw, ph, pw, Hp, Wp, L, dh, dw;
   int64_t planes() const { return regime == 2 ? A * H * W : (regime == 0 ? A * B : A); }
 };
 
@@ -189,28 +209,31 @@ Geom make_geom(const int64_t* g) {
   q.W = g[4];
   q.kh = g[5];
   q.kw = g[6];
-  q.ph = (q.kh - 1) / 2;
-  q.pw = (q.kw - 1) / 2;
+  q.ph = g[7];
+  q.pw = g[8];
+  q.dh = q.ph - (q.kh - 1) / 2;
+  q.dw = q.pw - (q.kw - 1) / 2;
   q.Hp = q.H + 2 * q.ph;
   q.Wp = q.W + 2 * q.pw;
   q.L = (q.H - 1) * q.Wp + q.W;
   return q;
 }
 
-#define NTKIT_PLANE(VEC_A_, ...)                                                       \
-  switch (nw) {                                                                        \
-    case 1: plane<T, 1, HAS_T_IN, WRITES_T, TRAINS, VEC_A_>(__VA_ARGS__); break;       \
-    case 9: plane<T, 9, HAS_T_IN, WRITES_T, TRAINS, VEC_A_>(__VA_ARGS__); break;       \
-    case 25: plane<T, 25, HAS_T_IN, WRITES_T, TRAINS, VEC_A_>(__VA_ARGS__); break;     \
-    default: plane<T, 0, HAS_T_IN, WRITES_T, TRAINS, VEC_A_>(__VA_ARGS__); break;      \
+#define NTKIT_PLANE(VEC_A_, ...)                                                         \
+  switch (nw) {                                                                          \
+    case 1: plane<T, 1, HAS_T_IN, WRITES_T, TRAINS, VEC_A_, MODE>(__VA_ARGS__); break;    \
+    case 9: plane<T, 9, HAS_T_IN, WRITES_T, TRAINS, VEC_A_, MODE>(__VA_ARGS__); break;    \
+    case 25: plane<T, 25, HAS_T_IN, WRITES_T, TRAINS, VEC_A_, MODE>(__VA_ARGS__); break;  \
+    default: plane<T, 0, HAS_T_IN, WRITES_T, TRAINS, VEC_A_, MODE>(__VA_ARGS__); break;   \
   }
 
 // planes [p0, p1) of the layer. rp1/gp1/rp2/gp2: r and g padded to (H, Wp) per leading index
 // (rp1/gp1 unused in the full regime). part: nullptr, or (reduce mode: outputs go to scratch
 // and only their sums are kept) the per-plane sums {sum S', sum T'} at part[2p], part[2p+1],
 // each summed serially along the plane: the same bits whatever thread computes the plane.
-template <class T, bool HAS_T_IN, bool WRITES_T, bool TRAINS>
-void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* g1,
+template <class T, bool HAS_T_IN, bool WRITES_T, bool TRAINS, int MODE>
+void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* s_add, const T* t_add,
+            const T* r1, const T* g1,
             const T* rp1, const T* gp1, const T* rp2, const T* gp2, const T* mask,
             const Geom& q, const Consts& k, int64_t p0, int64_t p1, double* part) {
   const int nw = int(q.kh * q.kw);
@@ -223,7 +246,7 @@ void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const
                   st_k = q.Hp * st_i1;
     for (int64_t a = 0; a < q.kh; ++a)
       for (int64_t b = 0; b < q.kw; ++b)
-        offs[a * q.kw + b] = a * (st_i1 + st_i2) + b * (st_j1 + 1);
+        offs[a * q.kw + b] = (a + q.dh) * (st_i1 + st_i2) + (b + q.dw) * (st_j1 + 1);
     const int64_t out_shift = q.ph * (st_i1 + st_i2) + q.pw * (st_j1 + 1);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t j1 = p % q.W, i1 = (p / q.W) % q.H, kk = p / (q.W * q.H);
@@ -232,8 +255,10 @@ void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const
       const Factors<T> f{r1 + v1, g1 + v1, rp2 + kk * HWp, gp2 + kk * HWp};
       T* so = part ? red_s : s_out + base + out_shift;
       T* to = part ? (WRITES_T ? red_t : nullptr) : (t_out ? t_out + base + out_shift : nullptr);
-      NTKIT_PLANE(false, s_in + base, t_in ? t_in + base : nullptr, so, to, offs.data(), nw, f,
-                  mask, L, k, s, t);
+      const T* sa = s_add ? s_add + base + out_shift : nullptr;
+      const T* ta = t_add ? t_add + base + out_shift : nullptr;
+      NTKIT_PLANE(false, s_in + base, t_in ? t_in + base : nullptr, so, to, sa, ta, offs.data(),
+                  nw, f, mask, L, k, s, t);
       if (part) {
         // vector partial sums (a fixed order for a given L and build, whatever the thread)
         double ss = 0.0, ts = 0.0;
@@ -249,32 +274,52 @@ void planes(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const
     }
   } else {
     for (int64_t a = 0; a < q.kh; ++a)
-      for (int64_t b = 0; b < q.kw; ++b) offs[a * q.kw + b] = a * q.Wp + b;
+      for (int64_t b = 0; b < q.kw; ++b) offs[a * q.kw + b] = (a + q.dh) * q.Wp + b + q.dw;
     const int64_t out_shift = q.ph * q.Wp + q.pw;
     for (int64_t p = p0; p < p1; ++p) {  // p: p1 * n2 + p2 (dense) or k (paired)
       const int64_t base = p * q.Hp * q.Wp;
       const int64_t ia = q.regime == 0 ? p / q.B : p, ib = q.regime == 0 ? p % q.B : p;
       const Factors<T> f{rp1 + ia * HWp, gp1 + ia * HWp, rp2 + ib * HWp, gp2 + ib * HWp};
       NTKIT_PLANE(true, s_in + base, t_in ? t_in + base : nullptr, s_out + base + out_shift,
-                  t_out ? t_out + base + out_shift : nullptr, offs.data(), nw, f, mask, L, k,
+                  t_out ? t_out + base + out_shift : nullptr,
+                  s_add ? s_add + base + out_shift : nullptr,
+                  t_add ? t_add + base + out_shift : nullptr, offs.data(), nw, f, mask, L, k,
                   s, t);
     }
   }
 }
 #undef NTKIT_PLANE
 
-template <class T>
-void dispatch(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* g1,
-              const T* rp1, const T* gp1, const T* rp2, const T* gp2, const T* mask,
-              const Geom& q, const Consts& k, bool trains, int64_t p0, int64_t p1,
-              double* part) {
+template <class T, int MODE>
+void dispatch_t(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* s_add,
+                const T* t_add, const T* r1, const T* g1,
+                const T* rp1, const T* gp1, const T* rp2, const T* gp2, const T* mask,
+                const Geom& q, const Consts& k, bool trains, int64_t p0, int64_t p1,
+                double* part) {
   const bool has_t = t_in != nullptr, writes_t = t_out != nullptr;
 #define NTKIT_CALL(H_, W_, TR_) \
-  planes<T, H_, W_, TR_>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, p0, p1, part)
+  planes<T, H_, W_, TR_, MODE>(s_in, t_in, s_out, t_out, s_add, t_add, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, p0, p1, part)
   if (!writes_t) NTKIT_CALL(false, false, false);
   else if (!has_t) { if (trains) NTKIT_CALL(false, true, true); else NTKIT_CALL(false, true, false); }
   else { if (trains) NTKIT_CALL(true, true, true); else NTKIT_CALL(true, true, false); }
 #undef NTKIT_CALL
+}
+
+// mode (consts[5]): 1 the ReLU-family map follows the convolution; 0 the convolution alone
+// is written; 2 the convolution plus the addends s_add (and t_add when T' is written), arrays
+// of the outputs' shape (a branch's output added to the other branches' sum)
+template <class T>
+void dispatch(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* s_add, const T* t_add,
+              const T* r1, const T* g1, const T* rp1, const T* gp1, const T* rp2, const T* gp2,
+              const T* mask, const Geom& q, const Consts& k, bool trains, int mode, int64_t p0,
+              int64_t p1, double* part) {
+#define NTKIT_MODE(M_)                                                                       \
+  dispatch_t<T, M_>(s_in, t_in, s_out, t_out, s_add, t_add, r1, g1, rp1, gp1, rp2, gp2, mask, q, \
+                    k, trains, p0, p1, part)
+  if (mode == 1) NTKIT_MODE(1);
+  else if (mode == 2) NTKIT_MODE(2);
+  else NTKIT_MODE(0);
+#undef NTKIT_MODE
 }
 
 // One layer over all planes, split over nthreads OpenMP threads. Loaded after torch, the
@@ -285,12 +330,14 @@ void dispatch(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, con
 // from the same operands, and the sums are per-plane partial sums added serially in plane
 // order after the parallel loop, so the bits do not depend on the thread count.
 template <class T>
-void layer(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const T* r2,
+void layer(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* s_add, const T* t_add,
+           const T* r1, const T* r2,
            const T* g1, const T* g2, const int64_t* geom, const double* consts, int nthreads,
            double* sums) {
   const Geom q = make_geom(geom);
   const Consts k{consts[0], consts[1], consts[2], consts[3]};
   const bool trains = consts[4] != 0.0;
+  const int mode = int(consts[5]);
   const int64_t HW = q.H * q.W, HWp = q.H * q.Wp;
   const int64_t n1 = q.A, n2 = q.regime == 0 ? q.B : q.A;
   // padded factors and the padding-column mask
@@ -314,18 +361,20 @@ void layer(const T* s_in, const T* t_in, T* s_out, T* t_out, const T* r1, const 
   std::vector<double> part(q.regime == 2 && sums ? 2 * n : 0);
   double* pp = part.empty() ? nullptr : part.data();
 #ifdef _OPENMP
-  if (nthreads > 1 && n > 1) {
+  // small layers run on one thread: waking the pool costs more than it saves (and, on a busy
+  // machine, waits for a descheduled thread)
+  if (nthreads > 1 && n > 1 && n * q.L * (q.kh * q.kw + 8) >= kParallelWork) {
 #pragma omp parallel num_threads(nthreads)
     {
       const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      dispatch<T>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, trains,
-                  n * id / nt, n * (id + 1) / nt, pp);
+      dispatch<T>(s_in, t_in, s_out, t_out, s_add, t_add, r1, g1, rp1, gp1, rp2, gp2, mask, q,
+                  k, trains, mode, n * id / nt, n * (id + 1) / nt, pp);
     }
   } else
 #endif
   {
-    dispatch<T>(s_in, t_in, s_out, t_out, r1, g1, rp1, gp1, rp2, gp2, mask, q, k, trains, 0, n,
-                pp);
+    dispatch<T>(s_in, t_in, s_out, t_out, s_add, t_add, r1, g1, rp1, gp1, rp2, gp2, mask, q, k,
+                trains, mode, 0, n, pp);
   }
   (void)nthreads;
   if (pp) {
@@ -412,9 +461,82 @@ void arccos_dense(T* cov, T* dot, const T* r1, const T* r2, const T* g1, const T
   (void)nthreads;
 }
 
+// Strided window sums of one pair's pixel-pair array, from the interior of a zero-bordered
+// (H+2P, W+2P, H+2P, W+2P) array into the interior of a (Ho+2P, Wo+2P, Ho+2P, Wo+2P) one:
+//   box == 0 (a convolution's diagonal filter):
+//     out[o, q, o', q'] = scale sum_{a<kh, b<kw} in[s_h o + a - lo_h, s_w q + b - lo_w,
+//                                                   s_h o' + a - lo_h, s_w q' + b - lo_w] + b2
+//   box == 1 (average pooling: each member's own window):
+//     out[o, q, o', q'] = scale sum_{a, b, a', b'} in[s_h o + a - lo_h, s_w q + b - lo_w,
+//                                                     s_h o' + a' - lo_h, s_w q' + b' - lo_w]
+// (indices of the unpadded arrays; the border holds the zero padding, lo <= P). Each output is
+// computed by one thread, its terms added in a fixed order: the same bits for every thread
+// count.
+// dst[j] += src[s j], j < n (unit stride split out so that it vectorizes)
+template <class T>
+inline void add_strided(T* __restrict dst, const T* __restrict src, int64_t s, int64_t n) {
+  if (s == 1) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] += src[s * j];
+  }
+}
+
+template <class T>
+void window4(const T* in, T* out, const int64_t* g, double scale_, double b2_, int nthreads) {
+  const int64_t H = g[0], W = g[1], P = g[2], Ho = g[3], Wo = g[4], kh = g[5], kw = g[6],
+                sh = g[7], sw = g[8], lo_h = g[9], lo_w = g[10], box = g[11];
+  const int64_t Wp = W + 2 * P, Hp = H + 2 * P, Wop = Wo + 2 * P, Hop = Ho + 2 * P;
+  const int64_t si2 = Wp, sj1 = Hp * Wp, si1 = Wp * sj1;
+  const int64_t oi2 = Wop, oj1 = Hop * Wop, oi1 = Wop * oj1;
+  const T scale = T(scale_), b2 = T(b2_);
+  const int64_t terms = box ? kh * kw * kh * kw : kh * kw;
+  const bool par = nthreads > 1 && Ho * Wo > 1 && Ho * Wo * Ho * Wo * (terms + 2) >= kParallelWork;
+  (void)par;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (par)
+#endif
+  for (int64_t r = 0; r < Ho * Wo; ++r) {
+    const int64_t o = r / Wo, q = r % Wo;
+    const T* base = in + (P + sh * o - lo_h) * si1 + (P + sw * q - lo_w) * sj1;
+    T* orow = out + (P + o) * oi1 + (P + q) * oj1 + P * oi2 + P;
+    for (int64_t o2 = 0; o2 < Ho; ++o2) {
+      // the row of outputs (o, q, o2, :) accumulates in place, one window term at a time
+      T* __restrict dst = orow + o2 * oi2;
+      const T* b0 = base + (P + sh * o2 - lo_h) * si2 + P - lo_w;
+      for (int64_t q2 = 0; q2 < Wo; ++q2) dst[q2] = T(0);
+      for (int64_t a = 0; a < kh; ++a)
+        for (int64_t b = 0; b < kw; ++b) {
+          if (box) {
+            for (int64_t a2 = 0; a2 < kh; ++a2)
+              for (int64_t b2i = 0; b2i < kw; ++b2i)
+                add_strided(dst, b0 + a * si1 + b * sj1 + a2 * si2 + b2i, sw, Wo);
+          } else {
+            add_strided(dst, b0 + a * (si1 + si2) + b * (sj1 + 1), sw, Wo);
+          }
+        }
+#pragma omp simd
+      for (int64_t q2 = 0; q2 < Wo; ++q2) dst[q2] = dst[q2] * scale + b2;
+    }
+  }
+  (void)nthreads;
+}
+
 }  // namespace
 
 extern "C" {
+// geom: {H, W, P, Ho, Wo, kh, kw, sh, sw, lo_h, lo_w, box}; see window4
+void ntkit_window_f32(const float* in, float* out, const int64_t* geom, double scale, double b2,
+                      int nthreads) {
+  window4<float>(in, out, geom, scale, b2, nthreads);
+}
+
+void ntkit_window_f64(const double* in, double* out, const int64_t* geom, double scale,
+                      double b2, int nthreads) {
+  window4<double>(in, out, geom, scale, b2, nthreads);
+}
+
 // cov (n1, n2) contiguous, updated in place; dot (n1, n2) or null; r = 1/sqrt(v) (0 where
 // v = 0) and g = sqrt(v) per row (r1, g1: n1) and column (r2, g2: n2); hs = (a^2+b^2)/2,
 // k = (a-b)^2/(2 pi)
@@ -448,20 +570,26 @@ int ntkit_has_openmp() {
 #endif
 }
 
-// geom: {regime, A, B, H, W, kh, kw} (A, B: n1, n2 for regime 0; m, 0 otherwise)
-// consts: {scale, b2, half_sum, c, trainable}
+// geom: {regime, A, B, H, W, kh, kw, ph, pw} (A, B: n1, n2 for regime 0; m, 0 otherwise;
+// ph, pw: the arrays' zero border, at least (kh-1)/2, (kw-1)/2)
+// consts: {scale, b2, half_sum, c, trainable, mode} (mode: see dispatch); s_add, t_add: the
+// addends of mode 2 (else null)
 void ntkit_conv_relu_f32(const float* s_in, const float* t_in, float* s_out, float* t_out,
-                         const float* r1, const float* r2, const float* g1, const float* g2,
+                         const float* s_add, const float* t_add, const float* r1,
+                         const float* r2, const float* g1, const float* g2,
                          const int64_t* geom, const double* consts, int nthreads,
                          double* sums) {
-  layer<float>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, consts, nthreads, sums);
+  layer<float>(s_in, t_in, s_out, t_out, s_add, t_add, r1, r2, g1, g2, geom, consts, nthreads,
+               sums);
 }
 
 void ntkit_conv_relu_f64(const double* s_in, const double* t_in, double* s_out, double* t_out,
-                         const double* r1, const double* r2, const double* g1,
-                         const double* g2, const int64_t* geom, const double* consts,
-                         int nthreads, double* sums) {
-  layer<double>(s_in, t_in, s_out, t_out, r1, r2, g1, g2, geom, consts, nthreads, sums);
+                         const double* s_add, const double* t_add, const double* r1,
+                         const double* r2, const double* g1, const double* g2,
+                         const int64_t* geom, const double* consts, int nthreads,
+                         double* sums) {
+  layer<double>(s_in, t_in, s_out, t_out, s_add, t_add, r1, r2, g1, g2, geom, consts, nthreads,
+                sums);
 }
 
 // geom: {C, H, W, ph, pw}; a, b: (C, H, W); out: (H+2ph, W+2pw, H+2ph, W+2pw), interior set
