@@ -516,3 +516,23 @@ def test_tanh_grid_finite(depth, dtype):
                                                  options=ONE_THREAD)
         assert torch.isfinite(k.nngp).all() and torch.isfinite(k.ntk).all(), (w, b)
         assert (k.nngp.diagonal() > 0).all() and (k.ntk.diagonal() > 0).all(), (w, b)
+
+
+def test_chaotic_tiles_assemble_at_their_own_ntk_scale():
+    """Erf, W = 3, depth 300 (NTK near 2^330, NNGP O(1)): each tile's NTK carries its own scale
+    ("ntk/log2_scale"); assembled, every tile equals its standalone bits times a power of two,
+    and the result's NTK scale is the largest tile's."""
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.standard_normal((8, 3)) * np.array([0.1] * 4 + [10.0] * 4)[:, None])
+    arch = chain(nk.Erf(), 300, 3.0, 0.0)
+    whole = arch.kernel(x, normalize=True, batch_size=4, options=ONE_THREAD)
+    assert whole.ntk_log2_scale > 300 and whole.log2_scale == 0
+    tops = []
+    for r, c in ((0, 0), (0, 4), (4, 4)):
+        tile = kernel_tile(arch, x[r:r + 4], None if r == c else x[c:c + 4], ONE_THREAD,
+                           normalize=True)
+        e_t = int(tile["ntk/log2_scale"])
+        tops.append(e_t)
+        expect = mul_pow2(tile["ntk"], e_t - whole.ntk_log2_scale)
+        assert torch.equal(whole.ntk[r:r + 4, c:c + 4], expect)
+    assert whole.ntk_log2_scale == max(tops)
