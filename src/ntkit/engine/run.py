@@ -9,14 +9,12 @@ import torch
 from .memory import check_result_fits
 from .options import KernelOptions
 from .plan import Tile, plan_tiles
-from .scale import mul_pow2
-
-#: the name of a tile's (and the result's) power-of-two scale entry
-SCALE_KEY = "log2_scale"
+from .scale import SCALE_KEY, mul_pow2, scale_key
 
 #: tile_fn(a, b, options) -> {name: tensor (ra, rb, *tail)}; b is None on a diagonal tile.
 #: A tile may add SCALE_KEY: a 0-dim integer tensor e, its matrices then being 2**e times the
-#: true values (``compute_tiles`` brings all tiles to a common scale).
+#: true values (``compute_tiles`` brings all tiles to a common scale); and ``scale_key(name)``
+#: for a matrix with a scale of its own.
 TileFn = Callable[[torch.Tensor, Optional[torch.Tensor], KernelOptions], Dict[str, torch.Tensor]]
 #: progress(done_tiles, total_tiles)
 Progress = Callable[[int, int], None]
@@ -68,7 +66,8 @@ def compute_tiles(tile_fn: TileFn, x1: torch.Tensor, x2: Optional[torch.Tensor],
     Scaled tiles: when tiles return SCALE_KEY (e, 0-dim), the result holds SCALE_KEY = the
     largest tile scale E and every tile's matrices times 2**(e - E) (exact; values of a tile
     far below the largest may underflow to 0), so that the true kernels are 2**E times the
-    returned matrices.
+    returned matrices. A matrix with its own ``scale_key(name)`` is brought to its own
+    largest scale, returned under that key.
     """
     options = options or KernelOptions()
     n1 = x1.shape[0]
@@ -81,7 +80,11 @@ def compute_tiles(tile_fn: TileFn, x1: torch.Tensor, x2: Optional[torch.Tensor],
         for done, tile in enumerate(plan, 1):
             values = dict(compute_tile(tile_fn, x1, x2, tile, options))
             if SCALE_KEY in values:
-                scales.append((tile, int(values.pop(SCALE_KEY))))
+                exps = {SCALE_KEY: int(values.pop(SCALE_KEY))}
+                for name in list(values):
+                    if scale_key(name) in values:
+                        exps[name] = int(values.pop(scale_key(name)))
+                scales.append((tile, exps))
             if not out and values:  # the first tile tells the names, dtype and trailing axes
                 size2 = n1 if n2 is None else n2
                 shapes = {name: (n1, size2) + tuple(block.shape[2:])
@@ -102,16 +105,21 @@ def compute_tiles(tile_fn: TileFn, x1: torch.Tensor, x2: Optional[torch.Tensor],
 
 
 def _common_scale(out: Dict[str, torch.Tensor], scales, symmetric: bool) -> None:
-    """In place: each tile's entries of ``out`` times 2**(e - E), E the largest tile scale e;
-    out[SCALE_KEY] = E (0-dim int64)."""
-    top = max(e for _, e in scales)
-    for tile, e in scales:
-        if e == top:
-            continue
-        for dest in out.values():
+    """In place: each tile's entries of a matrix times 2**(e - E), e the tile's scale of that
+    matrix (its own, or SCALE_KEY's) and E the largest such e over the tiles; the Es are
+    returned under the same keys (0-dim int64)."""
+    keys = list(scales[0][1])
+    tops = {key: max(exps[key] for _, exps in scales) for key in keys}
+    for tile, exps in scales:
+        for name, dest in out.items():
+            key = name if name in exps else SCALE_KEY
+            shift = exps[key] - tops[key]
+            if shift == 0:
+                continue
             block = dest[tile.r0:tile.r1, tile.c0:tile.c1]
-            block.copy_(mul_pow2(block, e - top))
+            block.copy_(mul_pow2(block, shift))
             if symmetric and not tile.diagonal:
                 mirrored = dest[tile.c0:tile.c1, tile.r0:tile.r1]
-                mirrored.copy_(mul_pow2(mirrored, e - top))
-    out[SCALE_KEY] = torch.tensor(top, dtype=torch.int64)
+                mirrored.copy_(mul_pow2(mirrored, shift))
+    for key, top in tops.items():
+        out[key if key == SCALE_KEY else scale_key(key)] = torch.tensor(top, dtype=torch.int64)

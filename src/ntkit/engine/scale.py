@@ -9,25 +9,34 @@ multiplies into overflow without being asked to.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
-#: the largest exponent step of one multiplication (2**±64 is exact in float32 and float64)
-_STEP = 64
+def _step(dtype: torch.dtype) -> int:
+    """The largest exponent step of one multiplication: 2**±step is a normal number of the
+    tensor's dtype (the scalar factor is rounded to it), so each step is exact."""
+    return int(min(log2_ceiling(dtype), -log2_floor(dtype))) - 1
 
 
 def mul_pow2(t: Optional[torch.Tensor], e: int) -> Optional[torch.Tensor]:
     """t · 2**e, a new tensor (None stays None; e = 0 returns t itself). Exact: the factor is
-    applied in steps of at most 2**±64, each representable in float32."""
+    applied in steps 2**±step that are normal numbers of t's dtype. A factor below what can
+    leave any finite value nonzero gives t · 0 (zeros; non-finite values stay non-finite)."""
     if t is None or e == 0:
         return t
+    e = int(e)
+    if not t.is_floating_point():
+        raise TypeError(f"mul_pow2 needs a floating-point tensor, got {t.dtype}")
+    if e < -(log2_ceiling(t.dtype) - log2_floor(t.dtype) + mantissa_bits(t.dtype) + 2):
+        return t * 0.0  # |t| < 2**ceiling: every finite value underflows
+    step = _step(t.dtype)
     out = t
-    rest = int(e)
+    rest = e
     while rest:
-        step = max(-_STEP, min(_STEP, rest))
-        out = out * (2.0 ** step)
-        rest -= step
+        s = max(-step, min(step, rest))
+        out = out * (2.0 ** s)
+        rest -= s
     return out
 
 
@@ -41,8 +50,64 @@ def log2_floor(dtype: torch.dtype) -> float:
     return math.log2(torch.finfo(dtype).tiny)
 
 
+def mantissa_bits(dtype: torch.dtype) -> int:
+    """Bits of precision of ``dtype`` (53 for float64, 24 for float32)."""
+    return {torch.float64: 53, torch.float32: 24, torch.float16: 11,
+            torch.bfloat16: 8}.get(dtype, int(round(-math.log2(torch.finfo(dtype).eps))) + 1)
+
+
 def representable(largest: float, e: int, dtype: torch.dtype, margin: float = 0.0) -> bool:
     """Whether 2**e · largest (largest > 0 finite, a stored maximum) lies in the normal range
     of ``dtype``, with ``margin`` bits of headroom at the top."""
     k = math.log2(largest) + e
     return log2_floor(dtype) <= k <= log2_ceiling(dtype) - margin
+
+
+#: a tile's (and an assembled result's) power-of-two scale entry: SCALE_KEY applies to every
+#: matrix without one of its own, ``scale_key(name)``
+SCALE_KEY = "log2_scale"
+
+
+def scale_key(name: str) -> str:
+    """The entry holding the scale of matrix ``name`` alone (e.g. "ntk/log2_scale")."""
+    return f"{name}/{SCALE_KEY}"
+
+
+def largest_magnitude(t: torch.Tensor) -> float:
+    """max |t| (0.0 for an empty tensor), in one pass."""
+    if not t.numel():
+        return 0.0
+    lo, hi = torch.aminmax(t)
+    return max(-float(lo), float(hi))
+
+
+def in_true_units(t: torch.Tensor, e: int, name: str = "kernel") -> torch.Tensor:
+    """2**e · t, or OverflowError (naming ``normalize=True``) when its largest magnitude is not a
+    normal number of t's dtype: the kernel ``name`` overflows or underflows in true units."""
+    if e == 0:
+        return t
+    top = largest_magnitude(t)
+    if top > 0.0 and not representable(top, e, t.dtype):
+        k = math.log2(top) + e
+        raise OverflowError(
+            f"the {name} kernel's largest value is 2^{k:.1f}, not representable in "
+            f"{str(t.dtype).replace('torch.', '')} ({'overflow' if k > 0 else 'underflow'}); "
+            f"ask for the normalized kernel with kernel(..., normalize=True): the true kernel "
+            f"is then 2**Kernels.log2_scale times the returned NNGP (2**Kernels.ntk_log2_scale "
+            f"times the NTK)")
+    return mul_pow2(t, e)
+
+
+def shared_scale(t: torch.Tensor, e_t: int, companion: torch.Tensor, e: int, bits: int = 32
+                 ) -> Tuple[torch.Tensor, int]:
+    """(t, e_t) brought to the scale 2**e of ``companion`` (exact) when t's largest magnitude
+    there is within 2**±bits of the companion's, else unchanged: a second matrix shares its
+    companion's scale where the two are of comparable size."""
+    top, ref = largest_magnitude(t), largest_magnitude(companion)
+    if e_t == e or top == 0.0:
+        return t, e
+    if not (math.isfinite(top) and 0.0 < ref < math.inf):
+        return t, e_t
+    if abs(math.log2(top) + e_t - e - math.log2(ref)) <= bits:
+        return mul_pow2(t, e_t - e), e
+    return t, e_t

@@ -149,7 +149,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, data_dir=None,
            "networks": nets, "ensemble_vs_ntk": ensemble,
            "mean_agreement": float(np.mean([n["vs_ntk"]["agreement"] for n in nets])),
            "mean_chance_agreement": float(np.mean([n["vs_ntk"]["chance_agreement"] for n in nets])),
-           "seconds": time.perf_counter() - t0}
+           "dtype": "float64", "seconds": time.perf_counter() - t0}
     write_results(out_dir, out)
     return out
 

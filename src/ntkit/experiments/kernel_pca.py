@@ -118,7 +118,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, data_dir=None,
                                             for name in results for i in range(3)},
            "inputs": results, "published": published,
            "components_pixels_2_3": comps["pixels"][:, 1:3].tolist(), "labels": labels.tolist(),
-           "seconds": time.perf_counter() - t0}
+           "dtype": "float64", "seconds": time.perf_counter() - t0}
     write_results(out_dir, out, indent=None)
     return out
 

@@ -76,23 +76,24 @@ class Conv2d(Layer):
         state, b2, one = bias_constants(state, self.b_std, trains and
                                         self.parameterization == "standard")
         cov_u = self._c(state.cov, state.spatial)
-        ntk = state.ntk
+        ntk, offset = state.ntk, state.ntk_log2_offset
         if trains and self.parameterization == "standard":
             kh, kw = self.kernel_size
             own = cov_u * float(state.width * kh * kw)
             if self.b_std is not None:
                 own.add_(one)
-            ntk = own if ntk is None else own.add_(self._c(ntk, state.spatial), alpha=w2)
+            ntk, offset = ((own, 0) if ntk is None else
+                           state.ntk_add_(self._c(ntk, state.spatial), own, alpha=w2))
         elif ntk is not None:
             ntk = self._c(ntk, state.spatial).mul_(w2)
         cov = cov_u.mul_(w2).add_(b2)
         if trains and self.parameterization == "ntk":
-            ntk = cov.clone() if ntk is None else ntk.add_(cov)
+            ntk, offset = (cov.clone(), 0) if ntk is None else state.ntk_add_(ntk, cov)
         var1 = self._c(state.var1, "diag").mul_(w2).add_(b2)
         var2 = var1 if state.same_inputs else self._c(state.var2, "diag").mul_(w2).add_(b2)
         dist = None if state.dist is None else self._dist(state, cov, var1, var2, w2)
         return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=dist,
-                             width=self.out_channels)
+                             width=self.out_channels, ntk_log2_offset=offset)
 
     def _dist(self, state: KernelState, cov, var1, var2, w2: float) -> torch.Tensor:
         """E[(z(x)_o - z(x')_o')²] after the layer: W_std² C(D) (the bias cancels) wherever

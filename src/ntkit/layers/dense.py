@@ -67,24 +67,24 @@ class Linear(Layer):
         trains = self.trainable and state.track_ntk
         state, b2, one = bias_constants(state, self.b_std, trains and
                                         self.parameterization == "standard")
-        ntk = state.ntk
+        ntk, offset = state.ntk, state.ntk_log2_offset
         if trains and self.parameterization == "standard":
             # gradient w.r.t. W gives n_in Σ, w.r.t. b gives 1; backprop through W gives W_std² Θ
             own = state.cov * float(state.width)
             if self.b_std is not None:
                 own.add_(one)
-            ntk = own if ntk is None else own.add_(ntk, alpha=w2)
+            ntk, offset = (own, 0) if ntk is None else state.ntk_add_(ntk, own, alpha=w2)
         cov = _affine_(state.cov, w2, b2)
         var1 = _affine_(state.var1, w2, b2)
         var2 = var1 if state.same_inputs else _affine_(state.var2, w2, b2)
         if trains and self.parameterization == "ntk":
-            # Θ' = W_std² Θ + Σ' in one pass
-            ntk = cov.clone() if ntk is None else torch.add(cov, ntk, alpha=w2, out=ntk)
+            # Θ' = W_std² Θ + Σ' (Σ' brought to the NTK's scale)
+            ntk, offset = (cov.clone(), 0) if ntk is None else state.ntk_add_(ntk, cov, alpha=w2)
         elif not trains and ntk is not None:
             ntk.mul_(w2)
         dist = None if state.dist is None else state.dist.mul_(w2)
         return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=dist,
-                             width=self.out_features)
+                             width=self.out_features, ntk_log2_offset=offset)
 
     def out_shape(self, in_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         if len(in_shape) != 1:

@@ -31,7 +31,7 @@ import torch
 from .._inputs import as_input_pair
 from ..engine.options import KernelOptions
 from . import conv_native
-from ..engine.scale import log2_ceiling, log2_floor, mul_pow2, representable
+from ..engine.scale import SCALE_KEY, in_true_units, log2_ceiling, log2_floor, scale_key
 from .base import apply_chain
 from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
                          writes_input_in_place)
@@ -236,32 +236,24 @@ def _kernel_tile(arch, a, b, options, want_ntk, normalize):
     return _in_units(out, scale, normalize)
 
 
-def _in_units(out: Dict[str, torch.Tensor], scale: int, normalize: bool
+def _in_units(out: Dict[str, torch.Tensor], scale: Tuple[int, int], normalize: bool
               ) -> Dict[str, torch.Tensor]:
     """The tile's matrices checked finite, then in true units (``normalize=False``) or with
-    their scale as "log2_scale" (``normalize=True``)."""
+    their scales (``normalize=True``: "log2_scale" for the NNGP, "ntk/log2_scale" for the
+    NTK, ``engine.run.scale_key``)."""
     for name, t in out.items():
         if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
             raise OverflowError(
-                f"the {name} kernel has non-finite values: an overflow inside a layer (e.g. an "
-                f"NTK that grows geometrically with depth in the chaotic phase, which the "
-                f"state's shared scale, set by the NNGP variances, does not follow); use "
-                f"smaller W_std or fewer layers")
+                f"the {name} kernel has non-finite values: an overflow inside a layer (a "
+                f"layer's map exceeded the dtype's range before the state could be rescaled); "
+                f"use smaller W_std/b_std or fewer layers")
+    exps = {"nngp": scale[0], "ntk": scale[1]}
     if normalize:
-        out["log2_scale"] = torch.tensor(int(scale), dtype=torch.int64)
+        out[SCALE_KEY] = torch.tensor(int(scale[0]), dtype=torch.int64)
+        if "ntk" in out:
+            out[scale_key("ntk")] = torch.tensor(int(scale[1]), dtype=torch.int64)
         return out
-    if scale == 0:
-        return out
-    dtype = out["nngp"].dtype
-    top = max(float(t.abs().max()) if t.numel() else 0.0 for t in out.values())
-    if top > 0.0 and not representable(top, scale, dtype):
-        k = math.log2(top) + scale
-        raise OverflowError(
-            f"the kernel's largest value is 2^{k:.1f}, not representable in "
-            f"{str(dtype).replace('torch.', '')} ({'overflow' if k > 0 else 'underflow'}); "
-            f"ask for the normalized kernel with kernel(..., normalize=True): the true kernel "
-            f"is then 2**Kernels.log2_scale times the returned matrices")
-    return {name: mul_pow2(t, scale) for name, t in out.items()}
+    return {name: in_true_units(t, exps[name], name) for name, t in out.items()}
 
 
 # -- flat inputs --------------------------------------------------------------------------------
@@ -293,13 +285,18 @@ def _flat_tile(arch, a, b, want_ntk):
         ii, jj = torch.nonzero(near, as_tuple=True)
         if ii.numel():
             _refine_pairs(arch, a, a if same else b, ii, jj, nngp, ntk if want_ntk else None,
-                          same, va, out.log2_scale)
-    return nngp, ntk, out.log2_scale
+                          same, va, _scales(out))
+    return nngp, ntk, _scales(out)
 
 
-def _refine_pairs(arch, x1, x2, ii, jj, nngp, ntk, symmetric: bool, var1, scale: int) -> None:
+def _scales(out: KernelState) -> Tuple[int, int]:
+    """(NNGP exponent, NTK exponent) of a final state: the true kernels are 2**e times it."""
+    return out.log2_scale, out.ntk_log2_scale
+
+
+def _refine_pairs(arch, x1, x2, ii, jj, nngp, ntk, symmetric: bool, var1, scale) -> None:
     """Recompute the selected pairs on the precise path, in float64, and write them back at
-    the tile's scale 2**``scale``.
+    the tile's scales (``scale`` = (NNGP, NTK) exponents).
 
     A pair of an input with itself (the diagonal when x2 is x1) needs no input rows: its
     distance is exactly 0 and its covariance is the input's variance ``var1``.
@@ -321,9 +318,9 @@ def _refine_pairs(arch, x1, x2, ii, jj, nngp, ntk, symmetric: bool, var1, scale:
         _write_pairs(arch.apply(state), i, j, nngp, ntk, symmetric, scale)
 
 
-def _write_pairs(out: KernelState, i, j, nngp, ntk, symmetric: bool, scale: int) -> None:
-    """Write a precise-path state's pairs into the tile, converted to its scale 2**scale."""
-    out = out.at_scale(scale)
+def _write_pairs(out: KernelState, i, j, nngp, ntk, symmetric: bool, scale) -> None:
+    """Write a precise-path state's pairs into the tile, converted to its scales (NNGP, NTK)."""
+    out = out.at_scales(*scale)
     values = out.cov.to(nngp.dtype)
     nngp[i, j] = values
     if symmetric:
@@ -351,11 +348,11 @@ def _near_image_pairs(a: torch.Tensor, b: Optional[torch.Tensor]):
     return torch.nonzero(near, as_tuple=True)
 
 
-def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options, scale: int) -> None:
+def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options, scale) -> None:
     """Recompute the tile's entries of nearly equal images in float64, layer by layer, with
     the squared distances carried (``image_state.precise_image_state``; for pixel pairs also
     the difference covariances that pooling needs, ``near_pairs``), and write them back at
-    the tile's scale 2**``scale``."""
+    the tile's scales ``scale`` = (NNGP, NTK) exponents."""
     ii, jj = _near_image_pairs(a, b)
     if not ii.numel():
         return
@@ -372,7 +369,7 @@ def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options, scale: in
             out = run_layers(list(arch.layers), state, precise)
         else:  # pooling between nonlinearities: difference covariances carried
             out = apply_precise(list(arch.layers), state, *initial_differences(xa, xb))
-        out = out.at_scale(scale)
+        out = out.at_scales(*scale)
         first = 0 if kind == "same_position" else 2 * k
         cov[i, j] = out.cov[first:first + k].to(cov.dtype)
         if ntk is not None and out.ntk is not None:
@@ -387,7 +384,7 @@ def _same_position_tile(arch, a, b, want_ntk, options):
     state = same_position_state(a, b)
     state.track_ntk = want_ntk
     out = run_layers(list(arch.layers), state, options)
-    return out.cov, out.ntk, out.log2_scale
+    return out.cov, out.ntk, _scales(out)
 
 
 def _pixel_pair_tile(arch, a, b, want_ntk, options):
@@ -412,4 +409,4 @@ def _pixel_pair_tile(arch, a, b, want_ntk, options):
         if ntk is not None:
             ntk[idx, idx] = out.ntk[:na]
             ntk[jj, ii] = out.ntk[cross]
-    return nngp, ntk, out.log2_scale
+    return nngp, ntk, _scales(out)

@@ -132,6 +132,10 @@ class Elementwise(HermiteSeries):
     def fn(self, x):
         return self._fn(x)
 
+    def origin_values(self):
+        z = torch.zeros(1, dtype=torch.float64)
+        return float(self._fn(z)[0]), float(self._fn_prime(z)[0])
+
     def coefficients(self, var):
         return numeric_coefficients(self._fn, self._fn_prime, var, self.tol, self.max_terms,
                                     repr(self))

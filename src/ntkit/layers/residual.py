@@ -138,10 +138,14 @@ def _add_all(ts: List[Optional[torch.Tensor]], none_is_zero: bool) -> Optional[t
 
 def sum_states(outs: List[KernelState]) -> KernelState:
     """The state of the sum of independent branches: covariances, NTKs, variances add (the
-    branches' outputs first brought to the largest of their scales, ``log2_scale``: exact
-    power-of-two rescaling, so a negligible branch may underflow to 0)."""
+    branches' outputs first brought to the largest of their scales, ``log2_scale``, and their
+    NTKs to the largest of theirs: exact power-of-two rescaling, so a negligible branch may
+    underflow to 0)."""
     top = max(o.log2_scale for o in outs)
     outs = [o.at_scale(top) for o in outs]
+    offsets = [o.ntk_log2_offset for o in outs if o.ntk is not None]
+    if offsets:  # the NTKs too, at the largest of their scales
+        outs = [o.ntk_at_offset(max(offsets)) for o in outs]
     first = outs[0]
     for o in outs[1:]:
         if o.spatial != first.spatial or o.layout != first.layout or o.width != first.width:
@@ -156,7 +160,8 @@ def sum_states(outs: List[KernelState]) -> KernelState:
     same = all(o.same_inputs for o in outs)
     var1 = _add_all([o.var1 for o in outs], none_is_zero=False)
     var2 = var1 if same else _add_all([o.var2 for o in outs], none_is_zero=False)
-    return first.replace(cov=cov, ntk=ntk, dist=dist, var1=var1, var2=var2)
+    return first.replace(cov=cov, ntk=ntk, dist=dist, var1=var1, var2=var2,
+                         ntk_log2_offset=max(offsets) if offsets else 0)
 
 
 class ParallelSum(Layer):

@@ -10,7 +10,7 @@ from torch import nn
 
 from .._inputs import ArrayLike
 from ..engine import KernelOptions, compute_tiles
-from ..engine.run import SCALE_KEY
+from ..engine.scale import SCALE_KEY, scale_key, shared_scale
 from ..kernels import Kernels
 from .base import Layer, apply_chain
 from .kernel_tile import check_kernel_inputs, kernel_tile, tile_side
@@ -82,7 +82,9 @@ class Sequential(Layer):
         ``normalize=False``: the kernels in true units, or an OverflowError when they are not
         representable in the dtype. ``normalize=True``: ``Kernels.log2_scale`` = e and
         matrices whose 2**e multiple is the true kernel (its variances kept
-        within about 2**±32).
+        within about 2**±32); the NTK has a scale of its own, ``Kernels.ntk_log2_scale``,
+        equal to e unless the NTK is more than 2**32 times larger or smaller than the NNGP (the chaotic phase, where
+        the NTK grows geometrically with depth and the NNGP does not).
         Activations that are not positively homogeneous (all but the ReLU family and
         Identity) need true pre-activation values and raise OverflowError where those are
         not representable.
@@ -103,8 +105,10 @@ class Sequential(Layer):
                                     normalize=bool(normalize))
         out = compute_tiles(tile_fn, t1, t2, side, options=opts, progress=progress)
         scale = int(out.get(SCALE_KEY, 0))
-        return Kernels(nngp=out["nngp"], ntk=out.get("ntk") if want_ntk else None,
-                       log2_scale=scale)
+        ntk, ntk_scale = out.get("ntk") if want_ntk else None, scale
+        if ntk is not None and scale_key("ntk") in out:
+            ntk, ntk_scale = shared_scale(ntk, int(out[scale_key("ntk")]), out["nngp"], scale)
+        return Kernels(nngp=out["nngp"], ntk=ntk, log2_scale=scale, ntk_log2_scale=ntk_scale)
 
     # -- finite network -----------------------------------------------------------------------
     def out_shape(self, in_shape: Tuple[int, ...]) -> Tuple[int, ...]:

@@ -104,12 +104,15 @@ class GELU(Activation):
 
 
 class Sin(Activation):
-    """φ(x) = a·sin(b·x + c) (neural-tangents' ``Sin(a, b, c)``). With s = v1 + v2:
+    """φ(x) = a·sin(b·x + c) (neural-tangents' ``Sin(a, b, c)``). With s = v1 + v2 and c_uv the
+    covariance,
 
-        E[φ(u)φ(v)]   = a²/2 [exp(-b²(s - 2c_uv)/2) - cos(2c) exp(-b²(s + 2c_uv)/2)]
-        E[φ'(u)φ'(v)] = a²b²/2 [exp(-b²(s - 2c_uv)/2) + cos(2c) exp(-b²(s + 2c_uv)/2)]
+        E[φ(u)φ(v)]   = a² e^(-b²s/2) [sinh(b² c_uv) + sin²(c) e^(-b² c_uv)]
+        E[φ'(u)φ'(v)] = a²b² e^(-b²s/2) [cosh(b² c_uv) - sin²(c) e^(-b² c_uv)]
+        E[φ(u)²]      = a²/2 [-expm1(-2b²v) + 2 sin²(c) e^(-2b²v)]
 
-    where s - 2c_uv = E[(u-v)²] is taken from the carried distance when available.
+    (= a²/2 [e^(-b²(s - 2c_uv)/2) ∓ cos(2c) e^(-b²(s + 2c_uv)/2)], written without the
+    cancellation that form suffers at small variances: relative accuracy at every scale).
     """
 
     name = "Sin"
@@ -122,14 +125,25 @@ class Sin(Activation):
         return self.a * torch.sin(self.b * x + self.c)
 
     def var_moment(self, var):
-        return self.a ** 2 / 2 * (1 - math.cos(2 * self.c) * torch.exp(-2 * self.b ** 2 * var))
+        b2, sc2 = self.b ** 2, math.sin(self.c) ** 2
+        out = torch.expm1(-2 * b2 * var).neg_()
+        if sc2:
+            out.add_(torch.exp(-2 * b2 * var) * (2 * sc2))
+        return out.mul_(self.a ** 2 / 2)
 
     def pair_moments(self, cov, v1, v2, dist, need_dot):
-        b2 = self.b ** 2
-        s = v1 + v2
-        d = dist if dist is not None else (s - 2 * cov)
-        minus = torch.exp(-b2 / 2 * d)
-        plus = torch.exp(-b2 / 2 * (s + 2 * cov)) * math.cos(2 * self.c)
-        nngp = (minus - plus) * (self.a ** 2 / 2)
-        dot = (minus + plus) * (self.a ** 2 * b2 / 2) if need_dot else None
+        b2, sc2 = self.b ** 2, math.sin(self.c) ** 2
+        damp = torch.exp(-b2 / 2 * (v1 + v2))
+        x = cov * b2
+        nngp = torch.sinh(x)
+        tail = torch.exp(-x).mul_(sc2) if sc2 else None
+        if tail is not None:
+            nngp.add_(tail)
+        nngp.mul_(damp).mul_(self.a ** 2)
+        dot = None
+        if need_dot:
+            dot = torch.cosh(x)
+            if tail is not None:
+                dot.sub_(tail)
+            dot.mul_(damp).mul_(self.a ** 2 * b2)
         return nngp, dot, None

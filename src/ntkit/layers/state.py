@@ -34,6 +34,15 @@ every layer maps a whole state to a whole state.
 A pixel-pair input state may defer its covariance: ``cov`` is None and ``images`` = (a, b),
 (m, C, H, W) each, until ``image_state.materialize`` computes it (the fused native pass writes
 it straight into its padded buffers instead).
+
+Scales (deep kernels, issue 13). The NNGP tensors (cov, var1, var2, dist) are stored at scale
+2**log2_scale: the true second moments are 2**log2_scale times them. The NTK has its own
+exponent, stored relative to the NNGP's: the true NTK is 2**(log2_scale + ntk_log2_offset)
+times ``ntk``. Both are kept near 1 by ``renormalized`` (exact power-of-two rescaling). The NTK
+needs its own: in the chaotic phase (e.g. Erf with W_std = 3) Θ grows like χ^L while Σ stays at
+its fixed point, and their ratio leaves any dtype's range. Storing the offset (rather than an
+absolute exponent) makes every map that scales Θ and Σ alike (activations, pooling, LayerNorm,
+dropout) ignore it; only maps that add Σ into Θ (``ntk_add_``) or sum NTKs read it.
 """
 from __future__ import annotations
 
@@ -70,6 +79,8 @@ class KernelState:
     images: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     #: true second moments = 2**log2_scale x the stored tensors (module doc)
     log2_scale: int = 0
+    #: true NTK = 2**(log2_scale + ntk_log2_offset) x ``ntk`` (0 while ntk is None)
+    ntk_log2_offset: int = 0
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)
@@ -83,48 +94,95 @@ class KernelState:
                 best = max(best, float(v.max()))
         return best
 
-    def largest_value(self) -> float:
-        """The largest stored magnitude among the variances and the NTK (which bounds cov and
-        dist: |cov| <= sqrt(var1 var2), dist <= 2 (var1 + var2))."""
-        best = self.largest_variance()
-        if self.ntk is not None and self.ntk.numel():
-            best = max(best, float(self.ntk.abs().max()))
-        return best
+    @property
+    def ntk_log2_scale(self) -> int:
+        """The NTK's absolute exponent: the true NTK is 2**ntk_log2_scale x ``ntk``."""
+        return self.log2_scale + self.ntk_log2_offset
 
     def at_scale(self, e: int) -> "KernelState":
-        """The same state stored at scale 2**e (new tensors, multiplied by 2**(log2_scale - e):
-        exact, values far below the largest may underflow to 0)."""
+        """The same state with its NNGP tensors stored at scale 2**e (new tensors, multiplied by
+        2**(log2_scale - e): exact, values far below the largest may underflow to 0). The NTK's
+        stored values are untouched (its offset absorbs the change)."""
         shift = self.log2_scale - int(e)
         if shift == 0:
             return self
         var1 = mul_pow2(self.var1, shift)
         var2 = var1 if self.var2 is self.var1 else mul_pow2(self.var2, shift)
+        offset = self.ntk_log2_offset + shift if self.ntk is not None else 0
         return self.replace(cov=mul_pow2(self.cov, shift), var1=var1, var2=var2,
-                            ntk=mul_pow2(self.ntk, shift), dist=mul_pow2(self.dist, shift),
-                            log2_scale=int(e))
+                            dist=mul_pow2(self.dist, shift), log2_scale=int(e),
+                            ntk_log2_offset=offset)
+
+    def ntk_at_offset(self, offset: int) -> "KernelState":
+        """The same state with the NTK stored at offset ``offset`` (``ntk`` times
+        2**(ntk_log2_offset - offset), exact but for underflow of negligible values)."""
+        if self.ntk is None or offset == self.ntk_log2_offset:
+            return self
+        return self.replace(ntk=mul_pow2(self.ntk, self.ntk_log2_offset - int(offset)),
+                            ntk_log2_offset=int(offset))
+
+    def at_scales(self, e: int, e_ntk: int) -> "KernelState":
+        """The state with its NNGP stored at 2**e and its NTK at the absolute scale 2**e_ntk."""
+        out = self.at_scale(e)
+        return out.ntk_at_offset(int(e_ntk) - int(e))
+
+    def ntk_add_(self, ntk: torch.Tensor, own: torch.Tensor, alpha: float = 1.0
+                 ) -> Tuple[torch.Tensor, int]:
+        """(alpha·ntk + own, offset) in place into ``ntk``: ``ntk`` stored at this state's NTK
+        offset, ``own`` (a tangent-kernel term such as Σ') in the NNGP's stored units; the sum is
+        stored at offset max(ntk_log2_offset, 0) (the larger scale: the smaller term is rescaled
+        exactly and underflows where it is negligible)."""
+        offset = self.ntk_log2_offset
+        if offset == 0:  # one pass
+            return torch.add(own, ntk, alpha=alpha, out=ntk), 0
+        if offset > 0:
+            if alpha != 1.0:
+                ntk.mul_(alpha)
+            return ntk.add_(mul_pow2(own, -offset)), offset
+        ntk = mul_pow2(ntk, offset)
+        if alpha != 1.0:
+            ntk = ntk.mul_(alpha)
+        return ntk.add_(own), 0
 
     def renormalized(self) -> "KernelState":
         """The state rescaled so that its largest stored variance m is near 1 when m left
-        [2**-RENORM_BITS, 2**RENORM_BITS]: all tensors times 2**-round(log2 m), the exponent
-        added to ``log2_scale``. Unchanged otherwise (and for a lazy input state, m = 0, or a
+        [2**-RENORM_BITS, 2**RENORM_BITS]: the NNGP tensors times 2**-round(log2 m), the
+        exponent added to ``log2_scale``; the same for the NTK by its own largest magnitude
+        (``ntk_log2_offset``). Unchanged otherwise (and for a lazy input state, m = 0, or a
         non-finite m, which the kernel's final checks report)."""
         if self.cov is None:
             return self
+        state = self
         m = self.largest_variance()
-        if not (0.0 < m < math.inf) or -RENORM_BITS <= math.log2(m) <= RENORM_BITS:
-            return self
-        return self.at_scale(self.log2_scale + round(math.log2(m)))
+        if 0.0 < m < math.inf and not -RENORM_BITS <= math.log2(m) <= RENORM_BITS:
+            state = self.at_scale(self.log2_scale + round(math.log2(m)))
+        t = state.largest_ntk()
+        if 0.0 < t < math.inf and not -RENORM_BITS <= math.log2(t) <= RENORM_BITS:
+            state = state.ntk_at_offset(state.ntk_log2_offset + round(math.log2(t)))
+        return state
+
+    def largest_ntk(self) -> float:
+        """The largest stored |ntk| (0.0 when there is no NTK)."""
+        if self.ntk is None or not self.ntk.numel():
+            return 0.0
+        lo, hi = torch.aminmax(self.ntk)
+        return max(-float(lo), float(hi))
+
+    def true_variance_log2(self) -> Optional[float]:
+        """log2 of the largest true variance, 2**log2_scale x the largest stored one (None when
+        every variance is 0)."""
+        m = self.largest_variance()
+        return math.log2(m) + self.log2_scale if 0.0 < m < math.inf else None
 
     def unnormalized(self, who: str) -> "KernelState":
-        """The state in true units (log2_scale 0), for layers whose map is not homogeneous;
-        OverflowError naming ``who`` when the true values are not representable."""
+        """The state's NNGP in true units (log2_scale 0), for layers whose map is not
+        homogeneous; OverflowError naming ``who`` when the true values are not representable.
+        The NTK keeps its scale (its offset absorbs the change)."""
         if self.log2_scale == 0:
             return self
         dtype = self.var1.dtype
         m = self.largest_variance()
-        top = self.largest_value()
-        if m > 0.0 and not (representable(m, self.log2_scale, dtype)
-                            and representable(top, self.log2_scale, dtype, margin=2.0)):
+        if m > 0.0 and not representable(m, self.log2_scale, dtype, margin=2.0):
             k = math.log2(m) + self.log2_scale
             raise OverflowError(
                 f"{who}: the pre-activation variance is 2^{k:.1f} (stored at scale "
