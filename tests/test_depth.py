@@ -497,7 +497,7 @@ def test_depth_1000_grid(name, dtype):
         _grid_case(name, 1000, dtype, w, b)
 
 
-@pytest.mark.slow
+@pytest.mark.deep
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", ["relu", "leaky", "erf"])
 def test_depth_10000_grid(name, dtype):
@@ -505,8 +505,7 @@ def test_depth_10000_grid(name, dtype):
         _grid_case(name, 10000, dtype, w, b)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("depth", [1000, 10000])
+@pytest.mark.parametrize("depth", [1000, pytest.param(10000, marks=pytest.mark.deep)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_tanh_grid_finite(depth, dtype):
     """Tanh over the grid: finite normalized kernels with positive diagonals (values against
