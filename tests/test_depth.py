@@ -505,12 +505,20 @@ def test_depth_10000_grid(name, dtype):
         _grid_case(name, 10000, dtype, w, b)
 
 
-@pytest.mark.parametrize("depth", [1000, pytest.param(10000, marks=pytest.mark.deep)])
+# ordered without a bias, near the edge of chaos with a small bias, chaotic with a large bias
+GRID_CORNERS = [(0.5, 0.0), (1.5, 0.1), (3.0, 1.0)]
+
+
+@pytest.mark.parametrize("depth,grid", [
+    (1000, GRID_CORNERS),
+    pytest.param(1000, GRID, marks=pytest.mark.deep, id="1000-full"),
+    pytest.param(10000, GRID, marks=pytest.mark.deep, id="10000-full")])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_tanh_grid_finite(depth, dtype):
+def test_tanh_grid_finite(depth, grid, dtype):
     """Tanh over the grid: finite normalized kernels with positive diagonals (values against
-    mpmath: test_tanh_deep_diagonal_against_mpmath)."""
-    for w, b in GRID:
+    mpmath: test_tanh_deep_diagonal_against_mpmath). The default suite takes three corners of
+    the grid at depth 1,000; the whole grid (~100 s per dtype) runs with -m deep."""
+    for w, b in grid:
         k = chain(nk.Tanh(), depth, w, b).kernel(torch.tensor(X3, dtype=dtype), normalize=True,
                                                  options=ONE_THREAD)
         assert torch.isfinite(k.nngp).all() and torch.isfinite(k.ntk).all(), (w, b)
