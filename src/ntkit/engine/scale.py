@@ -50,6 +50,23 @@ def log2_floor(dtype: torch.dtype) -> float:
     return math.log2(torch.finfo(dtype).tiny)
 
 
+def safe_log2_bounds(dtype: torch.dtype, headroom: int = 20) -> Tuple[float, float]:
+    """(bottom, top): the log2 bounds that values of ``dtype`` may reach with ``2**headroom`` of
+    room left inside its normal range on each side."""
+    return log2_floor(dtype) + headroom, log2_ceiling(dtype) - headroom
+
+
+def variance_log2_range(var1: torch.Tensor, var2: torch.Tensor) -> Optional[Tuple[float, float]]:
+    """(log2 max(v, 1), log2 min v) over the positive entries v of both variance tensors (any
+    shapes): the starting point of a bound on how far a chain of layers moves the values; None
+    when no entry is positive."""
+    v = torch.cat([var1.reshape(-1), var2.reshape(-1)])
+    v = v[v > 0]
+    if not v.numel():
+        return None
+    return math.log2(max(float(v.max()), 1.0)), math.log2(float(v.min()))
+
+
 def mantissa_bits(dtype: torch.dtype) -> int:
     """Bits of precision of ``dtype`` (53 for float64, 24 for float32)."""
     return {torch.float64: 53, torch.float32: 24, torch.float16: 11,

@@ -31,7 +31,8 @@ import torch
 from .._inputs import as_input_pair
 from ..engine.options import KernelOptions
 from . import conv_native
-from ..engine.scale import SCALE_KEY, in_true_units, log2_ceiling, log2_floor, scale_key
+from ..engine.scale import (SCALE_KEY, in_true_units, safe_log2_bounds, scale_key,
+                            variance_log2_range)
 from .base import apply_chain
 from .conv_fused import (folds_gap, fused_length, reuse_buffers, run_fused,
                          writes_input_in_place)
@@ -109,13 +110,11 @@ def _within_range(layers: Sequence, state: KernelState, n_fused: int) -> int:
     if not n_fused:
         return 0
     dtype = state.images[0].dtype if state.cov is None else state.cov.dtype
-    top, bottom = log2_ceiling(dtype) - 20, log2_floor(dtype) + 20
-    v = torch.cat([state.var1.reshape(-1), state.var2.reshape(-1)])
-    v = v[v > 0]
-    if not v.numel():
+    bottom, top = safe_log2_bounds(dtype)
+    span = variance_log2_range(state.var1, state.var2)
+    if span is None:
         return n_fused
-    hi = math.log2(max(float(v.max()), 1.0))
-    lo = math.log2(float(v.min()))
+    hi, lo = span
     for n in range(0, n_fused, 2):
         conv, act = layers[n], layers[n + 1]
         h = act._coefs[0]

@@ -50,7 +50,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..engine.options import KernelOptions
-from ..engine.scale import log2_ceiling, log2_floor
+from ..engine.scale import safe_log2_bounds, variance_log2_range
 from . import conv_native, relu_map
 from .conv_ops import full_diagonal, pad_amounts
 from .fixed_sum import fixed_order_mean
@@ -232,14 +232,12 @@ def _bound(ops: List[Op], hi: float, lo: float) -> Tuple[float, float, bool]:
 
 
 def _in_range(prog: Program, state: KernelState, dtype: torch.dtype) -> bool:
-    v = torch.cat([state.var1.reshape(-1), state.var2.reshape(-1)])
-    v = v[v > 0]
-    if not v.numel():
+    span = variance_log2_range(state.var1, state.var2)
+    if span is None:
         return False
-    hi = math.log2(max(float(v.max()), 1.0))
-    lo = math.log2(float(v.min()))
-    hi, lo, ok = _bound(prog.ops, hi, lo)
-    return ok and hi <= log2_ceiling(dtype) - 20 and lo >= log2_floor(dtype) + 20
+    hi, lo, ok = _bound(prog.ops, *span)
+    bottom, top = safe_log2_bounds(dtype)
+    return ok and hi <= top and lo >= bottom
 
 
 def program_for(layers: Sequence, state: KernelState, options: KernelOptions
