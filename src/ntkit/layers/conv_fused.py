@@ -147,7 +147,8 @@ def _call(fn, ps, pt, os_, ot, r1, r2, g1, g2, cfg) -> None:
 # The padded ping-pong buffers of run_fused are only ever written in their interiors, so their
 # zero borders survive reuse; within ``reuse_buffers()`` (one kernel computation) successive
 # blocks of pairs share them instead of allocating and zeroing fresh ones (for a few pairs per
-# block that allocation, page faults included, was ~10% of the time).
+# block that allocation, page faults included, was ~10% of the time). A block whose outputs are
+# views of its buffers (the same-position regime) takes them out of the pool instead of copying.
 _pool: ContextVar[Optional[dict]] = ContextVar("ntkit_conv_buffers", default=None)
 
 
@@ -161,7 +162,9 @@ def reuse_buffers() -> Iterator[None]:
         _pool.reset(token)
 
 
-def _zero_buffers(like: torch.Tensor, shape, count: int, tag: str):
+def _zero_buffers(like: torch.Tensor, shape, count: int, tag: str) -> list:
+    """``count`` zeroed buffers of ``shape``; within ``reuse_buffers()`` shared with the next
+    block of the same shape (their zero borders survive: passes write interiors only)."""
     pool = _pool.get()
     if pool is None:
         return [like.new_zeros(shape) for _ in range(count)]
@@ -170,6 +173,15 @@ def _zero_buffers(like: torch.Tensor, shape, count: int, tag: str):
     if bufs is None:
         bufs = pool[key] = [like.new_zeros(shape) for _ in range(count)]
     return list(bufs)
+
+
+def _release_buffers(like: torch.Tensor, shape, tags) -> None:
+    """Take the buffers of ``shape`` out of the shared pool: the caller returns views of them
+    (no copy), and the next block allocates its own."""
+    pool = _pool.get()
+    if pool is not None:
+        for tag in tags:
+            pool.pop((tag, tuple(shape), like.dtype, like.device), None)
 
 
 # -- detection and driver ---------------------------------------------------------------------
@@ -375,9 +387,7 @@ def run_fused(pairs, state: KernelState, options: KernelOptions, gap: bool = Fal
     if not full:
         out_cov = _window(buf_s[0], ph, pw, h, w, False)
         out_ntk = _window(buf_t[0], ph, pw, h, w, False) if any_t else None
-        if _pool.get() is not None:  # the buffers are reused by the next block
-            out_cov = out_cov.clone()
-            out_ntk = out_ntk.clone() if out_ntk is not None else None
+        _release_buffers(cov, shape, ("s", "t"))  # the outputs are views of them
     if gap:  # GlobalAvgPool2d.apply on the pooled values, variances included
         own1, own2 = state.own_covariances(out_cov)
         var1 = own1.clone()
