@@ -59,3 +59,18 @@ def test_shared_subset():
     # the README's first training labels (data_batch_1)
     assert list(y_tr[:10]) == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert x_tr.dtype == np.float32
+
+
+def test_reads_jpeg_subset_tells_which_files_the_loader_reads(tmp_path):
+    """The subset file (JPEG-decoded test images) versus the original batches, by what is on
+    disk: a folder with cifar10_subset.npz, the file itself, a folder of batches only."""
+    from ntkit.data.cifar10 import FILE_NAME, reads_jpeg_subset
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / FILE_NAME).write_bytes(b"")
+    batches = tmp_path / "batches"
+    batches.mkdir()
+    (batches / "data_batch_1").write_bytes(b"")
+    assert reads_jpeg_subset(subset)
+    assert reads_jpeg_subset(subset / FILE_NAME)
+    assert not reads_jpeg_subset(batches)

@@ -35,6 +35,14 @@ def _resolve(path: Union[str, Path, None]) -> Path:
     return Path(path).expanduser()
 
 
+def reads_jpeg_subset(path: Union[str, Path, None] = None) -> bool:
+    """True when the loader reads ``cifar10_subset.npz`` (test images decoded from JPEG) at
+    ``path`` (a folder or the file; None: the default data folder), False when it reads the
+    original pickle batches (lossless)."""
+    p = _resolve(path)
+    return p.is_file() or (p / FILE_NAME).is_file()
+
+
 def _read_npz(p: Path, lossless: bool):
     keys = ["x_test", "y_test", "y_train", "x_train_first4000_lossless" if lossless else "x_train"]
     with np.load(p) as z:

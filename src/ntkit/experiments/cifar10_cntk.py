@@ -47,6 +47,7 @@ import torch
 
 from .common import progress_bar, pyplot, save_figure, start_run, write_results
 from .units import Shard, UnitStore
+from ..data.cifar10 import reads_jpeg_subset
 
 PAPER_N_TRAIN = 2000
 PAPER_V_2K = {3: 40.94, 4: 42.54, 6: 43.43, 11: 43.42, 21: 42.53}
@@ -102,14 +103,6 @@ def _kernels(arch, x_train, x_test, device, dtype):
     k_tr = arch.kernel(xtr, get="ntk").ntk.double().cpu().numpy()
     k_te = arch.kernel(xte, xtr, get="ntk").ntk.double().cpu().numpy()
     return k_tr, k_te
-
-
-def _test_images_are_jpeg(data_path) -> bool:
-    """True when the loader reads ``cifar10_subset.npz`` (JPEG-decoded test images), False for
-    the original pickle batches (lossless)."""
-    from ..data import cifar10 as c10
-    p = c10._resolve(data_path)
-    return p.is_file() or (p / c10.FILE_NAME).is_file()
 
 
 def data_statement(n_train: int, n_test: int, total_test: int, mean, std, jpeg: bool) -> Dict:
@@ -229,7 +222,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0, *, data_path=None,
     dt = {"float64": torch.float64, "float32": torch.float32}[str(dtype)]
     depths = tuple(int(d) for d in cfg["depths"])
     n_train, n_test, v_column = int(cfg["n_train"]), int(cfg["n_test"]), bool(cfg["v_column"])
-    jpeg = _test_images_are_jpeg(data_path)
+    jpeg = reads_jpeg_subset(data_path)
     if jpeg and n_train > LOSSLESS_TRAIN_IMAGES:
         raise ValueError(f"n_train={n_train}: only the first {LOSSLESS_TRAIN_IMAGES} training "
                          f"images exist lossless in cifar10_subset.npz")
