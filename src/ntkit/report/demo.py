@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 #: experiments the full demo runs (quick variants); the others need data or more time
 DEMO_EXPERIMENTS = ("width-sweep", "unit-circle", "ntk-gp", "linearization", "ntk-drift",
                     "two-layer-sigmoid", "lazy-training", "deep-limits", "kernel-pca",
-                    "error-prediction")
+                    "error-prediction", "ntk-principal", "eigen-rate", "nngp-init")
 
 
 def select_experiments(experiments: Optional[str], quick: bool) -> List[str]:
