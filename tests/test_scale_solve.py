@@ -6,6 +6,8 @@ products K V, K[:, idx] and K(test, train) α in float64, and the count of CG it
 without a preconditioner (the preconditioner must need fewer: a property of the spectrum,
 not a timing).
 """
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -265,9 +267,9 @@ def test_estimator_cg_parameters_are_checked(tmp_path):
         nk.NTKRegressor(solver="cg", cg_max_iter=1, cg_centres=0, diag_reg=1e-3).fit(x, y)
 
 
-def run_cli(capsys, *argv):
+def run_cli(capsys, *argv, quiet=True):
     from ntkit.cli import main
-    code = main(["--quiet", *argv])
+    code = main(["--quiet", *argv] if quiet else list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -286,19 +288,27 @@ def test_command_line_fit_from_a_store_and_with_solver_cg(client, tmp_path, caps
                            "150", "--kernel", "ntk", "--out", str(store), "--scheduler", address)
     assert code == 0, err
     code, out, err = run_cli(capsys, "fit", "--kernel", str(store), *common, "--cg-tol", "1e-10",
-                             "--cg-centres", "40")
+                             "--cg-centres", "40", quiet=False)
     assert code == 0, err
-    got = json.loads(out)
+    got = json.loads(out[out.index("\n{") + 1:])  # after the "fit: ..." line
     assert got["n_train"] == 150 and got["solver"] == "cg" and got["cg_converged"]
+    # a line per phase, and per CG iteration its residual (the one the result records)
+    lines = re.findall(r"CG iteration (\d+): relative residual ([0-9.e+-]+) \(", err)
+    assert [int(i) for i, _ in lines] == list(range(1, got["cg_iterations"] + 1))
+    np.testing.assert_allclose([float(r) for _, r in lines], got["cg_residuals"][1:], rtol=1e-3)
+    for phase in ("solve: diag K of 150 points", "solve: K[:, centres] (40 columns",
+                  "solve: Nyström eigensystem (rank", "predict: K(test, train) alpha, 60 x 150"):
+        assert phase in err, (phase, err)
     assert got["cg_residuals"][-1] <= 1e-10 and len(got["cg_residuals"]) == got["cg_iterations"] + 1
     assert got["test_accuracy"] == ref["test_accuracy"]
     np.testing.assert_allclose(got["test_mse"], ref["test_mse"], rtol=1e-8)
     code, out, err = run_cli(capsys, "fit", "--arch", "fc:depth=1", "--n-train", "150", *common,
                              "--solver", "cg", "--store", str(tmp_path / "S.zarr"),
-                             "--scheduler", address, "--cg-tol", "1e-10")
+                             "--scheduler", address, "--cg-tol", "1e-10", quiet=False)
     assert code == 0, err
-    cg = json.loads(out)
+    cg = json.loads(out[out.index("\n{") + 1:])
     assert cg["test_accuracy"] == ref["test_accuracy"] and cg["cg_converged"]
+    assert "kernel: 1 tiles of" in err and "fit: " in err, err
     np.testing.assert_allclose(cg["test_mse"], ref["test_mse"], rtol=1e-8)
     # usage errors name the problem (exit code 2)
     bad = [(["fit", "--kernel", str(tmp_path / "none.zarr"), "--data", "digits"],
