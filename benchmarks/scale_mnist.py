@@ -7,9 +7,10 @@ Depth-3 ReLU MLP (``fc:depth=3``: W_std=√2, b_std=0.05, NTK parameterization),
 1. kernel: K(train, train) NTK as Zarr tiles (``compute_kernel``, upper triangle) on a
    LocalCluster of ``--workers`` single-threaded worker processes;
 2. solve: (K + μI)α = onehot(y), μ = diag_reg·mean(diag K), by PCG with a Nyström
-   preconditioner on ``--centres`` columns (``solve_kernel``), the products as one Dask task per
-   row band of the store; α is kept at iterations 1, 2, 4, 8, ... and at the end;
-3. predict: K(test, train)[α snapshots] recomputed tile by tile on the cluster
+   preconditioner on ``--centres`` columns (``solve_kernel``), the products streamed from the
+   store in this process (as ``ntkit fit --solver cg`` does); α is kept after every iteration
+   up to 64 (then 128, 256, ...) and at the end;
+3. predict: K(test, train)[α snapshots] recomputed tile by tile in this process
    (``predict_recomputed``), never stored: test accuracy after each kept iteration, i.e. the
    iterations (and residual) the accuracy needs;
 4. exact: the in-memory solve (``nk.NTKClassifier(dtype="float32")``, what ``ntkit fit
@@ -20,7 +21,7 @@ peak resident memory of this process and of each worker, CG iterations and resid
 machine's load (``uptime``) at the start and end. The store is deleted afterwards
 (``--keep-store`` keeps it).
 
-    nice python benchmarks/scale_mnist.py [--n-train 60000] [--tile 2000] [--workers 2]
+    nice python benchmarks/scale_mnist.py [--n-train 60000] [--tile 2048] [--workers 2]
 """
 from __future__ import annotations
 

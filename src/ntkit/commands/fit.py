@@ -29,7 +29,7 @@ class CGOptions:
 
     store: Optional[Path] = None
     scheduler: Optional[str] = None
-    tol: float = 1e-4
+    tol: float = 1e-3
     max_iter: int = 300
     centres: int = 1000
 
