@@ -6,6 +6,8 @@ products K V, K[:, idx] and K(test, train) α in float64, and the count of CG it
 without a preconditioner (the preconditioner must need fewer: a property of the spectrum,
 not a timing).
 """
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ import torch
 from ntkit.scale import (KernelOperator, NystromPreconditioner, RecomputedBands, StoreBands,
                          compute_kernel, conjugate_gradient, predict_recomputed, predict_stored,
                          solve_kernel)
+from ntkit.scale.operator import band_product, sum_over_bands
 from ntkit.scale.store import NotAKernelStore
 
 from scale_cases import client, inputs, mlp  # noqa: F401 (fixture)
@@ -264,9 +267,9 @@ def test_estimator_cg_parameters_are_checked(tmp_path):
         nk.NTKRegressor(solver="cg", cg_max_iter=1, cg_centres=0, diag_reg=1e-3).fit(x, y)
 
 
-def run_cli(capsys, *argv):
+def run_cli(capsys, *argv, quiet=True):
     from ntkit.cli import main
-    code = main(["--quiet", *argv])
+    code = main(["--quiet", *argv] if quiet else list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -285,19 +288,27 @@ def test_command_line_fit_from_a_store_and_with_solver_cg(client, tmp_path, caps
                            "150", "--kernel", "ntk", "--out", str(store), "--scheduler", address)
     assert code == 0, err
     code, out, err = run_cli(capsys, "fit", "--kernel", str(store), *common, "--cg-tol", "1e-10",
-                             "--cg-centres", "40")
+                             "--cg-centres", "40", quiet=False)
     assert code == 0, err
-    got = json.loads(out)
+    got = json.loads(out[out.index("\n{") + 1:])  # after the "fit: ..." line
     assert got["n_train"] == 150 and got["solver"] == "cg" and got["cg_converged"]
+    # a line per phase, and per CG iteration its residual (the one the result records)
+    lines = re.findall(r"CG iteration (\d+): relative residual ([0-9.e+-]+) \(", err)
+    assert [int(i) for i, _ in lines] == list(range(1, got["cg_iterations"] + 1))
+    np.testing.assert_allclose([float(r) for _, r in lines], got["cg_residuals"][1:], rtol=1e-3)
+    for phase in ("solve: diag K of 150 points", "solve: K[:, centres] (40 columns",
+                  "solve: Nyström eigensystem (rank", "predict: K(test, train) alpha, 60 x 150"):
+        assert phase in err, (phase, err)
     assert got["cg_residuals"][-1] <= 1e-10 and len(got["cg_residuals"]) == got["cg_iterations"] + 1
     assert got["test_accuracy"] == ref["test_accuracy"]
     np.testing.assert_allclose(got["test_mse"], ref["test_mse"], rtol=1e-8)
     code, out, err = run_cli(capsys, "fit", "--arch", "fc:depth=1", "--n-train", "150", *common,
                              "--solver", "cg", "--store", str(tmp_path / "S.zarr"),
-                             "--scheduler", address, "--cg-tol", "1e-10")
+                             "--scheduler", address, "--cg-tol", "1e-10", quiet=False)
     assert code == 0, err
-    cg = json.loads(out)
+    cg = json.loads(out[out.index("\n{") + 1:])
     assert cg["test_accuracy"] == ref["test_accuracy"] and cg["cg_converged"]
+    assert "kernel: 1 tiles of" in err and "fit: " in err, err
     np.testing.assert_allclose(cg["test_mse"], ref["test_mse"], rtol=1e-8)
     # usage errors name the problem (exit code 2)
     bad = [(["fit", "--kernel", str(tmp_path / "none.zarr"), "--data", "digits"],
@@ -314,3 +325,62 @@ def test_command_line_fit_from_a_store_and_with_solver_cg(client, tmp_path, caps
     for argv, message in bad:
         code, _, err = run_cli(capsys, *argv)
         assert code == 2 and message in err, (argv, err)
+
+
+def test_compressed_store_of_earlier_versions_is_still_read(stored, tmp_path):
+    """Stores written before kernel chunks were stored raw hold zstd-compressed chunks: the
+    operator reads them through Zarr (no direct chunk-file reads) and gives the same products
+    as the dense float64 kernel."""
+    import shutil
+
+    import zarr
+
+    from ntkit.scale.store import reads_directly
+    path, x = stored
+    old = tmp_path / "old.zarr"
+    shutil.copytree(path, old)
+    group = zarr.open_group(str(old), mode="r+")
+    values, attrs = np.asarray(group["ntk"][...]), group["ntk"].attrs.asdict()
+    del group["ntk"]
+    arr = group.create_array("ntk", shape=values.shape, chunks=(10, 10), dtype=values.dtype,
+                             fill_value=float("nan"), compressors=zarr.codecs.ZstdCodec())
+    arr[...] = values
+    arr.attrs.update(attrs)
+    assert not reads_directly(zarr.open_group(str(old), mode="r")["ntk"])
+    k = dense_ntk(x)
+    v = np.random.default_rng(13).standard_normal((47, 3))
+    op = KernelOperator(StoreBands(old))
+    np.testing.assert_allclose(op.matmul(v), k @ v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(op.columns([3, 30]), k[:, [3, 30]], rtol=1e-13, atol=1e-14)
+
+
+def test_in_process_pass_is_bitwise_the_same_on_one_or_two_threads(stored):
+    """Bands are summed in band order whatever the thread count: the same bits."""
+    path, x = stored
+    v = np.random.default_rng(14).standard_normal((47, 4))
+    bands = StoreBands(path)
+    one = sum_over_bands(band_product, bands, KernelOperator(bands).cuts, v, (47, 4),
+                         threads=1)
+    two = sum_over_bands(band_product, bands, KernelOperator(bands).cuts, v, (47, 4),
+                         threads=2)
+    assert np.array_equal(one, two)
+    np.testing.assert_allclose(one, dense_ntk(x) @ v, rtol=1e-12, atol=1e-12)
+
+
+def test_a_missing_or_nan_chunk_is_named(stored, tmp_path):
+    import shutil
+
+    import zarr
+    path, _ = stored
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(path, bad)
+    key = zarr.open_group(str(bad), mode="r")["ntk"].metadata.encode_chunk_key((1, 3))
+    (bad / "ntk" / key).unlink()
+    op = KernelOperator(StoreBands(bad))
+    with pytest.raises(ValueError, match="rows 10:20 of ntk hold NaN in tiles marked done"):
+        op.matmul(np.ones((47, 1)))
+    shutil.rmtree(bad)
+    shutil.copytree(path, bad)
+    zarr.open_group(str(bad), mode="r+")["ntk"][20, 35] = np.nan
+    with pytest.raises(ValueError, match="rows 20:30 of the kernel hold NaN or Inf"):
+        KernelOperator(StoreBands(bad)).matmul(np.ones((47, 1)))

@@ -179,3 +179,28 @@ def test_cuda_workers_match_the_closed_form(client, tmp_path):
     ref_nngp, ref_ntk = relu_mlp_kernels(x, None, W0, B0, W1, B1)
     np.testing.assert_allclose(k.nngp.compute(), ref_nngp, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(k.ntk.compute(), ref_ntk, rtol=1e-7, atol=1e-12)
+
+
+def test_uncompressed_chunk_with_one_flipped_byte_is_detected(client, tmp_path):
+    """Kernel chunks are stored raw (no codec to fail on garbled bytes): a chunk of the right
+    size with one byte changed still reads, and only its SHA-256 record catches it."""
+    from ntkit.scale.store import reads_directly
+    x = inputs(12, 5)
+    path = tmp_path / "u.zarr"
+    first = compute_kernel(mlp(), x, store=path, tile=4, client=client, get="ntk",
+                           progress=False)
+    good = first.ntk.compute()
+    group = zarr.open_group(str(path), mode="r")
+    assert reads_directly(group["ntk"]) and group["ntk"].compressors == ()
+    chunk = path / "ntk" / group["ntk"].metadata.encode_chunk_key((0, 2))
+    raw = bytearray(chunk.read_bytes())
+    assert len(raw) == 4 * 4 * 8  # raw float64 values of one 4 x 4 tile
+    raw[17] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    index = next(i for i, t in enumerate(first.tiles) if (t.r0, t.c0) == (0, 8))
+    assert not np.array_equal(open_kernel(path).ntk.compute(), good)  # it reads, changed
+    assert open_kernel(path).verify() == [index]
+    again = compute_kernel(mlp(), x, store=path, tile=4, client=client, get="ntk",
+                           progress=False)
+    assert again.run.corrupt == [index] and again.run.computed == [index]
+    assert np.array_equal(again.ntk.compute(), good)

@@ -9,6 +9,8 @@ test kernel read from ``--test-kernel KT.zarr`` or recomputed tile by tile).
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +29,29 @@ class CGOptions:
 
     store: Optional[Path] = None
     scheduler: Optional[str] = None
-    tol: float = 1e-4
+    tol: float = 1e-3
     max_iter: int = 300
     centres: int = 1000
+
+
+@contextlib.contextmanager
+def scale_log(ctx: Context):
+    """The phase lines of ``ntkit.scale`` (kernel, solve setup, each CG iteration's residual
+    and seconds, predictions) on stderr while the block runs, unless --quiet."""
+    logger = logging.getLogger("ntkit.scale")
+    if ctx.quiet:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
 
 
 def make_estimator(kernel: str, arch, t: Optional[float], diag_reg: float, dtype: str,
@@ -83,11 +105,14 @@ def run_fit(ctx: Context, arch, arch_text: str, data: str, kernel: str, t: Optio
             f"({len(ds.y_train)} train / {len(ds.y_test)} test, t={'inf' if t is None else t},"
             f" diag_reg={diag_reg}, {ctx.dtype}, {ctx.device}"
             f"{', solver cg' if cg is not None else ''})")
-    with ctx.progress(total=2, desc="fit + predict", unit="step") as bar:
+    with ctx.progress(total=2, desc="fit + predict", unit="step") as bar, \
+            scale_log(ctx) if cg is not None else contextlib.nullcontext():
         start = time.perf_counter()
         est.fit(xtr, ds.y_train if kernel == "ntk" else onehot)
         fit_s = time.perf_counter() - start
         bar.update(1)
+        if cg is not None:
+            logging.getLogger("ntkit.scale").info("fit: %.1f s (kernel + solve)", fit_s)
         start = time.perf_counter()
         if kernel == "ntk":
             scores = np.asarray(est.predict_outputs(xte))
@@ -175,7 +200,8 @@ def run_fit_store(ctx: Context, store: Path, data: str, diag_reg: float,
     ctx.say(f"fit: {name.upper()} kernel regression from {store} ({meta['architecture']}, "
             f"{meta['n1']} train / {len(ds.y_test)} test, diag_reg={diag_reg}, "
             f"{meta['dtype']}, CG tol {cg.tol})")
-    with dask_client(cg.scheduler) if cg.scheduler else contextlib.nullcontext() as client:
+    with dask_client(cg.scheduler) if cg.scheduler else contextlib.nullcontext() as client, \
+            scale_log(ctx):
         start = time.perf_counter()
         res = solve_kernel(store, onehot, diag_reg, centres=cg.centres, tol=cg.tol,
                            max_iter=cg.max_iter, seed=ctx.seed, name=name, client=client,

@@ -1,38 +1,50 @@
 """A symmetric train-train kernel K (n, n) as a linear operator that is never held whole.
 
 K is visited in *row bands*: band [r0, r1) is K[r0:r1, r0:n], the rows of the band from the
-diagonal on (the upper triangle, as a kernel store holds it). One pass over the bands gives
+diagonal on (the upper triangle, as a kernel store holds it), delivered as *blocks*
+(``bands.blocks(r0, r1)`` yields (c0, B)): first the diagonal block K[r0:r1, r0:r1] (c0 = r0,
+symmetric), then blocks K[r0:r1, c0:c0+w] right of it (c0 >= r1), one stored tile or one
+recomputed tile each. One pass over the bands gives
 
-* ``matmul(V)`` = K V for V (n, k): band B adds B V[r0:] to rows [r0, r1) and, for its part
-  right of the diagonal block, B[:, r1-r0:]^T V[r0:r1] to rows [r1, n) (the mirrored lower
-  triangle), so every stored entry is read once per product;
-* ``columns(idx)`` = K[:, idx] (n, m), by selection from the same bands;
+* ``matmul(V)`` = K V for V (n, k): a diagonal block D adds D V[r0:r1] to rows [r0, r1); a block
+  B right of it adds B V[c0:c0+w] to rows [r0, r1) and Bᵀ V[r0:r1] to rows [c0, c0+w) (the
+  mirrored lower triangle), so every stored entry is read once per product;
+* ``columns(idx)`` = K[:, idx] (n, m), by selection from the same blocks;
 * ``diagonal()`` from the diagonal blocks alone.
 
-Where the bands come from (``bands``, a picklable callable ``bands(r0, r1) -> (r1-r0, n-r0)``):
-``StoreBands`` reads them from a complete kernel store (``ntkit.scale.open_kernel``);
+Where the blocks come from: ``StoreBands`` reads them from a complete kernel store
+(``ntkit.scale.open_kernel``): for bands of one tile (the default) every block is one stored
+chunk, read straight from its file when the store is uncompressed (``ntkit.scale.store``);
 ``RecomputedBands`` recomputes them tile by tile with ``ntkit.layers.kernel_tile.kernel_tile``
 (when storing costs more than computing again). With a Dask ``client`` every band is one task
 on the cluster (the bands object and V are scattered to the workers once per product) and the
 partial products are summed on the client: a Dask reduction over the bands; without one the
-bands are visited in this process. Products accumulate in float64 whatever the kernel dtype.
+bands run in this process on a pool of ``threads`` threads (torch single-threaded in each),
+summed in band order (deterministic). Each block's product runs in the kernel dtype (float32
+sums over at most one tile); the sums over blocks and bands accumulate in float64.
 """
 from __future__ import annotations
 
+import collections
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..engine import KernelOptions
+from ..engine.run import intra_op_threads
 from ..layers.kernel_tile import kernel_tile
+from .cluster import local_workers
+
+Block = Tuple[int, np.ndarray]
 
 
 class StoreBands:
     """Row bands K[r0:r1, r0:] of the kernel ``name`` of a complete symmetric store at
-    ``path`` (a picklable reader: the Zarr group is opened where it is called)."""
+    ``path``, as blocks (a picklable reader: the Zarr group is opened where it is called)."""
 
     def __init__(self, path: Union[str, os.PathLike], name: str = "ntk"):
         from .view import open_kernel
@@ -49,39 +61,75 @@ class StoreBands:
                              f"compute_kernel with the same arguments to finish it first")
         self.path, self.name = str(Path(path).resolve()), name
         self.n, self.tile, self.dtype = spec.n1, spec.tile, np.dtype(spec.dtype)
-        self._array = None
+        self._array, self._direct = None, None
 
     def __getstate__(self):
-        return {**self.__dict__, "_array": None}
+        return {**self.__dict__, "_array": None, "_direct": None}
 
-    def _read(self, r0: int, r1: int, c1: Optional[int]) -> np.ndarray:
-        """K[r0:r1, r0:c1] with the unwritten chunks below the diagonal (inside the diagonal
-        block when a band spans several tiles) filled from their stored mirrors."""
+    def _zarr(self):
         if self._array is None:
             import zarr
+            from .store import reads_directly
             self._array = zarr.open_group(self.path, mode="r")[self.name]
-        b = np.asarray(self._array[r0:r1, r0:c1])
-        chunk = np.arange(r0, r1) // self.tile
-        below = chunk[:, None] > chunk[None, :]
-        if below.any():
-            d = b[:, : r1 - r0]
-            d[below] = d.T[below]
-        if np.isnan(b).any():
-            raise ValueError(f"{self.path}: rows {r0}:{r1} of {self.name} hold NaN in tiles "
-                             f"marked done; run compute_kernel on the store again to check and "
-                             f"recompute them")
+            self._direct = reads_directly(self._array)
+        return self._array
+
+    def _nan_error(self, r0: int, r1: int) -> ValueError:
+        return ValueError(f"{self.path}: rows {r0}:{r1} of {self.name} hold NaN in tiles marked "
+                          f"done; run compute_kernel on the store again to check and recompute "
+                          f"them")
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """K[r0:r1, c0:c1] (c0 >= r0) through Zarr, the unwritten chunks below the diagonal
+        filled from their stored mirrors (only where c0 = r0)."""
+        b = np.asarray(self._zarr()[r0:r1, c0:c1])
+        if c0 == r0:
+            chunk = np.arange(r0, r1) // self.tile
+            below = chunk[:, None] > chunk[None, :]
+            if below.any():
+                d = b[:, : r1 - r0]
+                d[below] = d.T[below]
         return b
 
-    def __call__(self, r0: int, r1: int) -> np.ndarray:
-        return self._read(r0, r1, None)
+    def _chunk(self, i: int, j: int) -> np.ndarray:
+        """Stored tile (i, j), i <= j: its chunk file read directly when the store is
+        uncompressed (``store.reads_directly``), else through Zarr."""
+        t = self.tile
+        r0, r1, c0, c1 = i * t, min(i * t + t, self.n), j * t, min(j * t + t, self.n)
+        array = self._zarr()
+        if not self._direct:
+            return self._read(r0, r1, c0, c1)
+        path = Path(self.path) / self.name / array.metadata.encode_chunk_key((i, j))
+        try:
+            raw = np.fromfile(path, dtype=self.dtype)
+        except FileNotFoundError:  # never written: the fill value, NaN
+            raise self._nan_error(r0, r1) from None
+        if raw.size != t * t:
+            raise ValueError(f"{path}: a chunk of {raw.size} values, expected {t * t}; run "
+                             f"compute_kernel on the store again to check and recompute it")
+        return raw.reshape(t, t)[: r1 - r0, : c1 - c0]
 
-    def diagonal_block(self, r0: int, r1: int) -> np.ndarray:
-        return self._read(r0, r1, r1)
+    def blocks(self, r0: int, r1: int) -> Iterator[Block]:
+        """(c0, K[r0:r1, c0:c0+w]): the diagonal block (c0 = r0), then one block per tile
+        column right of it; each a stored chunk when [r0, r1) is one tile row."""
+        t, n = self.tile, self.n
+        aligned = r0 % t == 0 and r1 == min(r0 + t, n)
+        yield r0, self._chunk(r0 // t, r0 // t) if aligned else self._read(r0, r1, r0, r1)
+        c0 = r1
+        while c0 < n:
+            c1 = min((c0 // t + 1) * t, n)
+            yield c0, (self._chunk(r0 // t, c0 // t) if aligned and c0 % t == 0
+                       else self._read(r0, r1, c0, c1))
+            c0 = c1
+
+    def diagonal(self, r0: int, r1: int) -> np.ndarray:
+        """diag K[r0:r1, r0:r1]."""
+        return np.diagonal(next(self.blocks(r0, r1))[1]).copy()
 
 
 class RecomputedBands:
-    """Row bands K[r0:r1, r0:] of ``arch``'s kernel ``name`` on x (n, ...), recomputed tile by
-    tile (``tile`` columns at a time; the diagonal block with b=None, as the engine does)."""
+    """Row bands K[r0:r1, r0:] of ``arch``'s kernel ``name`` on x (n, ...), recomputed as
+    blocks of ``tile`` columns (the diagonal block with b=None, as the engine does)."""
 
     def __init__(self, arch, x: torch.Tensor, name: str = "ntk", tile: int = 1000,
                  options: Optional[KernelOptions] = None):
@@ -91,52 +139,80 @@ class RecomputedBands:
         self.options = options or KernelOptions.from_env()
         self.n, self.dtype = x.shape[0], np.dtype(str(x.dtype).replace("torch.", ""))
 
-    def __call__(self, r0: int, r1: int) -> np.ndarray:
-        want_ntk = self.name == "ntk"
-        a = self.x[r0:r1]
-        parts = [kernel_tile(self.arch, a, None, self.options, want_ntk=want_ntk)[self.name]]
-        for c0 in range(r1, self.n, self.tile):
-            b = self.x[c0:min(c0 + self.tile, self.n)]
-            parts.append(kernel_tile(self.arch, a, b, self.options, want_ntk=want_ntk)[self.name])
-        return torch.cat(parts, dim=1).numpy()
-
-    def diagonal_block(self, r0: int, r1: int) -> np.ndarray:
-        return kernel_tile(self.arch, self.x[r0:r1], None, self.options,
+    def _tile(self, a: torch.Tensor, b: Optional[torch.Tensor]) -> np.ndarray:
+        return kernel_tile(self.arch, a, b, self.options,
                            want_ntk=self.name == "ntk")[self.name].numpy()
+
+    def blocks(self, r0: int, r1: int) -> Iterator[Block]:
+        a = self.x[r0:r1]
+        yield r0, self._tile(a, None)
+        for c0 in range(r1, self.n, self.tile):
+            yield c0, self._tile(a, self.x[c0:min(c0 + self.tile, self.n)])
+
+    def diagonal(self, r0: int, r1: int) -> np.ndarray:
+        return np.diagonal(self._tile(self.x[r0:r1], None)).copy()
 
 
 def band_product(bands, r0: int, r1: int, v: np.ndarray) -> Tuple[int, list]:
     """Band [r0, r1)'s share of K V: (r0, [(r0, None, P)]) with P (n - r0, k) to be added to
     rows r0: of the product (rows [r0, r1) from the band, rows [r1, n) from its mirror)."""
-    b = torch.from_numpy(bands(r0, r1))
-    vb = torch.from_numpy(np.ascontiguousarray(v[r0:])).to(b.dtype)
-    out = torch.zeros((b.shape[1], v.shape[1]), dtype=torch.float64)
-    out[: r1 - r0] = (b @ vb).double()
-    out[r1 - r0:] += (b[:, r1 - r0:].T @ vb[: r1 - r0]).double()
+    vb = torch.from_numpy(np.ascontiguousarray(v[r0:], dtype=bands.dtype))
+    out = torch.zeros((v.shape[0] - r0, v.shape[1]), dtype=torch.float64)
+    h = r1 - r0
+    for c0, block in bands.blocks(r0, r1):
+        b = torch.from_numpy(block)
+        c, w = c0 - r0, block.shape[1]
+        out[:h] += b @ vb[c:c + w]
+        if c0 != r0:
+            out[c:c + w] += b.T @ vb[:h]
+    if not torch.isfinite(out).all():
+        raise ValueError(f"rows {r0}:{r1} of the kernel hold NaN or Inf values (a store: run "
+                         f"compute_kernel on it again to check and recompute its tiles)")
     return r0, [(r0, None, out.numpy())]
 
 
 def band_columns(bands, r0: int, r1: int, idx: np.ndarray) -> Tuple[int, list]:
     """Band [r0, r1)'s share of K[:, idx]: the entries it stores (rows [r0, r1), columns
-    idx[j] >= r0) and mirrors (rows [r1, n), columns idx[j] in [r0, r1)), as updates
-    (first row, column positions or None for all, values); each entry comes from one band."""
-    b = bands(r0, r1)
+    idx[j] >= r0) and mirrors (rows right of the diagonal block, columns idx[j] in [r0, r1)),
+    as updates (first row, column positions or None for all, values); each entry comes from
+    one band."""
     top = np.zeros((r1 - r0, len(idx)), dtype=np.float64)
-    right = np.flatnonzero(idx >= r0)
-    top[:, right] = b[:, idx[right] - r0]
     inside = np.flatnonzero((idx >= r0) & (idx < r1))
-    mirror = b[idx[inside] - r0, r1 - r0:].T.astype(np.float64)
-    return r0, [(r0, None, top), (r1, inside, mirror)]
+    updates = [(r0, None, top)]
+    for c0, block in bands.blocks(r0, r1):
+        w = block.shape[1]
+        sel = np.flatnonzero((idx >= c0) & (idx < c0 + w))
+        top[:, sel] = block[:, idx[sel] - c0]
+        if c0 != r0 and inside.size:
+            updates.append((c0, inside, block[idx[inside] - r0].T.astype(np.float64)))
+    return r0, updates
+
+
+def _in_process(fn, source, cuts, arg, threads: int):
+    """``fn(source, r0, r1, arg)`` for every band, on ``threads`` threads (torch single-threaded
+    in each), yielded in band order; at most 2·threads bands in flight."""
+    if threads <= 1:
+        yield from (fn(source, r0, r1, arg) for r0, r1 in cuts)
+        return
+    with intra_op_threads(1), ThreadPoolExecutor(threads) as pool:
+        pending = collections.deque()
+        for r0, r1 in cuts:
+            pending.append(pool.submit(fn, source, r0, r1, arg))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def sum_over_bands(fn, source, cuts: Sequence[Tuple[int, int]], arg, shape: Tuple[int, int],
-                   client=None, progress: bool = False, desc: str = "bands") -> np.ndarray:
+                   client=None, progress: bool = False, desc: str = "bands",
+                   threads: Optional[int] = None) -> np.ndarray:
     """Σ over the bands (r0, r1) in ``cuts`` of ``fn(source, r0, r1, arg) -> (r0, updates)``
     into a float64 array of ``shape``: each update (row, cols, values) is added to rows
     row:row+len(values) and the columns ``cols`` (None: all). With a Dask ``client`` one task per
     band (``source`` may be a future of it scattered beforehand; ``arg`` is scattered to every
-    worker once), summed here as the tasks finish; else in this process. A tqdm bar over the
-    bands with ``progress``."""
+    worker once), summed here as the tasks finish; else in this process on ``threads`` threads
+    (None: one per core), summed in band order. A tqdm bar over the bands with ``progress``."""
     out = np.zeros(shape, dtype=np.float64)
     bar = None
     if progress:
@@ -144,7 +220,8 @@ def sum_over_bands(fn, source, cuts: Sequence[Tuple[int, int]], arg, shape: Tupl
         bar = tqdm(total=len(cuts), desc=desc, unit="band", leave=False)
     try:
         if client is None:
-            results = (fn(source, r0, r1, arg) for r0, r1 in cuts)
+            results = _in_process(fn, source, cuts, arg,
+                                  local_workers() if threads is None else int(threads))
         else:
             from distributed import as_completed
             shared = client.scatter(arg, broadcast=True)
@@ -209,7 +286,6 @@ class KernelOperator:
 
     def diagonal(self) -> np.ndarray:
         """diag K (n,) in float64, from the diagonal blocks."""
-        parts: List[np.ndarray] = []
-        for r0, r1 in self.cuts:
-            parts.append(np.diagonal(self.bands.diagonal_block(r0, r1)).astype(np.float64))
+        parts: List[np.ndarray] = [self.bands.diagonal(r0, r1).astype(np.float64)
+                                   for r0, r1 in self.cuts]
         return np.concatenate(parts)

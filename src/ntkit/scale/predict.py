@@ -14,7 +14,9 @@ once); else the bands run in this process. Products accumulate in float64.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -24,6 +26,8 @@ import torch
 from ..engine import KernelOptions
 from ..layers.kernel_tile import check_kernel_inputs, kernel_tile
 from .operator import sum_over_bands
+
+log = logging.getLogger("ntkit.scale")
 
 
 def _check_alpha(alpha, n_train: int) -> np.ndarray:
@@ -96,11 +100,14 @@ def _band_prediction(source, r0: int, r1: int, alpha: np.ndarray):
 
 
 def _stream(source, alpha, rows: int, client, progress: bool) -> np.ndarray:
+    start = time.perf_counter()
     a = _check_alpha(alpha, source.n_train)
     cuts = [(r0, min(r0 + rows, source.n_test)) for r0 in range(0, source.n_test, rows)]
     remote = source if client is None else client.scatter(source, broadcast=True)
     out = sum_over_bands(_band_prediction, remote, cuts, a, (source.n_test, a.shape[1]),
                          client, progress, "K(test, train) @ alpha")
+    log.info("predict: K(test, train) alpha, %d x %d (%s) in %.1f s", source.n_test,
+             source.n_train, type(source).__name__, time.perf_counter() - start)
     return out[:, 0] if np.ndim(alpha) == 1 else out
 
 

@@ -13,6 +13,7 @@ recomputed tiles, preconditioned by ``NystromPreconditioner`` on ``centres`` ran
 """
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -24,6 +25,8 @@ import numpy as np
 
 from .operator import KernelOperator, StoreBands
 from .precondition import NystromPreconditioner
+
+log = logging.getLogger("ntkit.scale")
 
 
 @dataclass
@@ -97,6 +100,7 @@ def conjugate_gradient(matmul: Callable[[np.ndarray], np.ndarray], y, ridge: flo
         from tqdm.auto import tqdm
         bar = tqdm(total=max_iter, desc="CG", unit="it")
     it = 0
+    tick = time.perf_counter()
     try:
         while active.any() and it < max_iter:
             ap = matmul(p) + ridge * p
@@ -112,6 +116,9 @@ def conjugate_gradient(matmul: Callable[[np.ndarray], np.ndarray], y, ridge: flo
             it += 1
             residuals.append(float(rel.max(initial=0.0)))
             active = active & (rel > tol)
+            log.info("CG iteration %d: relative residual %.3e (%.1f s)", it, residuals[-1],
+                     time.perf_counter() - tick)
+            tick = time.perf_counter()
             if callback is not None:
                 callback(it, alpha.reshape(y_in.shape))
             if bar is not None:
@@ -153,15 +160,29 @@ def solve_kernel(kernel: Union[KernelOperator, str, os.PathLike], y, diag_reg: f
     start = time.perf_counter()
     diag = op.diagonal()
     ridge = float(diag_reg) * float(diag.mean())
+    log.info("solve: diag K of %d points in %.1f s, ridge %.4g", op.n,
+             time.perf_counter() - start, ridge)
     pre = None
     if centres and ridge > 0:
         idx = np.sort(np.random.default_rng(seed).choice(op.n, size=min(int(centres), op.n),
                                                          replace=False))
-        pre = NystromPreconditioner.from_columns(op.columns(idx), idx, ridge)
+        tick = time.perf_counter()
+        cols = op.columns(idx)
+        log.info("solve: K[:, centres] (%d columns, one pass) in %.1f s", len(idx),
+                 time.perf_counter() - tick)
+        tick = time.perf_counter()
+        pre = NystromPreconditioner.from_columns(cols, idx, ridge)
+        del cols
+        log.info("solve: Nyström eigensystem (rank %d) in %.1f s", pre.rank,
+                 time.perf_counter() - tick)
     setup = time.perf_counter() - start
     result = conjugate_gradient(op.matmul, y2 if np.ndim(y) == 2 else y2[:, 0], ridge,
                                 precondition=None if pre is None else pre.apply, tol=tol,
                                 max_iter=max_iter, progress=progress, callback=callback)
     result.preconditioner_rank = 0 if pre is None else pre.rank
     result.seconds["setup"] = setup
+    log.info("solve: %d CG iterations to relative residual %.3e (tol %g, %s) in %.1f s, "
+             "setup %.1f s", result.iterations, result.residuals[-1], tol,
+             "converged" if result.converged else "not converged",
+             result.seconds["iterations"], setup)
     return result

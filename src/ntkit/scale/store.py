@@ -8,8 +8,9 @@ every worker can reach (local disk for a LocalCluster, a shared file system on a
                           the KernelOptions that decide the bits, and "state"
     <store>/x1, x2        the inputs (n, ...) in the kernel dtype, chunked by tile rows; x2 is
                           absent for a kernel of x1 against itself
-    <store>/nngp, ntk     (n1, n2) chunked (tile, tile): chunk (i, j) is tile (i, j) of the
-                          engine's plan. For x1 against itself only chunks i <= j are written;
+    <store>/nngp, ntk     (n1, n2) chunked (tile, tile), uncompressed (stores written before
+                          were zstd-compressed; both are read): chunk (i, j) is tile (i, j) of
+                          the engine's plan. For x1 against itself only chunks i <= j are written;
                           (j, i) is the transpose of (i, j) (``ntkit.scale.view`` mirrors it)
     <store>/done          (n_tiles, n_kernels, 32) uint8, one chunk per tile: the SHA-256 of
                           each kernel's tile bytes, written after the tile's chunks were written
@@ -25,6 +26,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -216,15 +218,29 @@ def write_new(path: Path, spec: StoreSpec, arch, x1: np.ndarray, x2: Optional[np
                                  chunks=(min(t, x.shape[0]),) + x.shape[1:])
         arr[...] = x
     n1, n2 = spec.shape
-    for name in spec.kernels:
+    for name in spec.kernels:  # uncompressed: kernel values hardly compress (zstd: ~10 %)
         group.create_array(name, shape=(n1, n2), chunks=(t, t), dtype=spec.dtype,
-                           fill_value=float("nan"), config={"write_empty_chunks": True})
+                           fill_value=float("nan"), compressors=None,
+                           config={"write_empty_chunks": True})
     group.create_array("done", shape=(len(spec.plan()), len(spec.kernels), DIGEST_BYTES),
                        chunks=(1, len(spec.kernels), DIGEST_BYTES), dtype="uint8", fill_value=0,
                        config={"write_empty_chunks": True})
     meta["state"] = "ready"
     group.attrs.update({"ntkit": meta})
     return group
+
+
+def reads_directly(array: zarr.Array) -> bool:
+    """True when every chunk of ``array`` is a file of its raw values in this machine's byte
+    order (no compressor, no filter, no sharding: the kernel arrays ``write_new`` creates), so a
+    reader may ``np.fromfile`` the chunk file
+    ``<array folder>/<array.metadata.encode_chunk_key(coords)>`` instead of going through Zarr.
+    Stores with compressed chunks (older ones) are read through Zarr."""
+    from zarr.codecs import BytesCodec
+    codecs = array.metadata.codecs
+    return (len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
+            and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)
+            and np.dtype(array.dtype).isnative)
 
 
 def done_digests(group: zarr.Group) -> np.ndarray:
