@@ -243,8 +243,9 @@ def sum_over_bands(fn, source, cuts: Sequence[Tuple[int, int]], arg, shape: Tupl
 
 class KernelOperator:
     """K (n, n) symmetric, from ``bands`` (``StoreBands`` or ``RecomputedBands``) cut every
-    ``band`` rows; on ``client`` (a ``distributed.Client``) or in this process (None).
-    ``progress`` shows a bar over the bands of each pass."""
+    ``band`` rows (default: the store's tile, so that every block is one stored chunk); on
+    ``client`` (a ``distributed.Client``) or in this process (None: a thread per core, see
+    ``sum_over_bands``). ``progress`` shows a bar over the bands of each pass."""
 
     def __init__(self, bands, band: Optional[int] = None, client=None, progress: bool = False):
         self.bands, self.n = bands, int(bands.n)
