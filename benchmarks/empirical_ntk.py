@@ -202,7 +202,7 @@ def calibration_worker(args):
     import warnings
 
     import ntkit as nk
-    from ntkit.empirical import cost
+    from ntkit.empirical import VmapFallbackWarning, cost
     from ntkit.empirical._model import ModelFunction
     from ntkit.empirical.auto import Request, choose, predicted_costs
     from ntkit.empirical.memory import default_budget
@@ -218,7 +218,7 @@ def calibration_worker(args):
     impls = list(gmacs)
     times = {i: [] for i in impls}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nk.VmapFallbackWarning)
+        warnings.simplefilter("ignore", VmapFallbackWarning)
         for rep in range(args.repeats + 1):
             for i in impls:
                 t0 = time.perf_counter()
@@ -243,7 +243,7 @@ def calibrate(args):
     per predicted multiply-add of Jacobian contraction and NTK-vector products to that of
     structured derivatives in the same case (median and range), i.e. the measured values of
     ``cost.SECONDS_PER_MAC``."""
-    from ntkit.empirical import cost
+    from ntkit.empirical import VmapFallbackWarning, cost
 
     names = [c for c in (args.cases.split(",") if args.cases != DEFAULT_CASES else CALIBRATION)
              if c]

@@ -36,10 +36,23 @@ from .registry import AttentionRule, ElementwiseRule, LinearRule
 from .structured import StructuredDerivatives
 
 
+def _rnn_layer_flops(inputs, w_input, w_hidden, *args, out_val=None, **kwargs) -> int:
+    """One LSTM layer run by oneDNN (``aten.mkldnn_rnn_layer``, what nn.LSTM calls on CPU; torch
+    counts no flops for it): per step and example, the gates' (4H, I) and (4H, H) products."""
+    steps_times_batch = inputs.shape[0] * inputs.shape[1]
+    return 2 * steps_times_batch * w_input.shape[0] * (w_input.shape[1] + w_hidden.shape[1])
+
+
+#: formulas for operators torch's flop counter lacks (the rest of nn.GRU/nn.RNN/nn.LSTM on other
+#: paths decomposes into counted matrix products)
+_EXTRA_FLOPS = {torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops}
+
+
 class _FlopCount(TorchDispatchMode):
     """Floating-point operations of the matrix products, convolutions and attention run under
     it, by torch's own formulas (``torch.utils.flop_counter``; without FlopCounterMode's
-    per-module bookkeeping, which costs more than the small forward pass profiled here)."""
+    per-module bookkeeping, which costs more than the small forward pass profiled here) and
+    ``_EXTRA_FLOPS``."""
 
     def __init__(self):
         super().__init__()
@@ -48,7 +61,8 @@ class _FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
+        formula = flop_registry.get(func._overloadpacket) or _EXTRA_FLOPS.get(
+            func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         return out
