@@ -121,12 +121,17 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profil
     return Profile(counter.flops / 2.0, shapes, elementwise, left)
 
 
-#: relative time per multiply-add. Measured with one thread on the benchmark cases
-#: (benchmarks/empirical_ntk.py; MLP, CNN, Myrtle-5 at 20 examples, transformer encoder at 20
-#: and 100), Jacobian contraction ran 0.84-1.75x fewer multiply-adds per second than the
-#: structured path (per-example vmapped passes, memory-bound contraction) and NTK-vector
-#: products no more than Jacobians; with 1.3 the choice was within 1.4x of the faster one in
-#: every case (measured on a shared, loaded machine: to be re-measured on a quiet one)
+#: relative time per multiply-add. ``benchmarks/empirical_ntk.py --calibrate`` (one thread; a
+#: grid of MLPs, CNNs, a Myrtle-5 of width 16, transformer encoders and LSTMs at small and large
+#: batches) measured Jacobian contraction at a median 1.35x (0.48-3.7x) the time per predicted
+#: multiply-add of structured derivatives and NTK-vector products at 1.45x (0.12-3.1x, never the
+#: fastest); with 1.3 "auto" picked the fastest in 7 of 10 cases and was at most 1.13x slower in
+#: the others (transformers at 10 and 60 sequences 1.05x and 1.10x, where the two are within
+#: 10%; LSTM at 100 1.13x). The spread is per architecture (per-example convolution gradients
+#: under vmap run ~3x fewer multiply-adds per second than the structured Grams, transformer
+#: layers ~1.1-1.2x), so no single weight is right everywhere: 1.2 would route the transformers
+#: right but the 20-image CNN to Jacobians, 2.5x slower. Measured on a shared machine at load
+#: 4-7, to be re-measured on a quiet one.
 SECONDS_PER_MAC = {"jacobian": 1.3, "ntvp": 1.3, "structured": 1.0}
 
 
