@@ -382,7 +382,8 @@ def main():
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a correctness smoke run)")
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--skip-slow", action="store_true",
-                   help="only ntkit's structured/auto and neural-tangents' implementation 3")
+                   help="only ntkit's structured/auto (and Jacobians for the transformer) "
+                        "and neural-tangents' implementation 3 (and 1 for the transformer)")
     p.add_argument("--busy", type=int, default=0, help="cores kept busy during measurements")
     p.add_argument("--memory", action="store_true", help="add the 10M-parameter memory case")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -416,8 +417,10 @@ def main():
                     if leaves:
                         port_stax(net, spec, leaves)
                 impls = (["auto"] if name == "mem10m" else
-                         ["structured", "auto", "auto_threads_1"] if args.skip_slow else
-                         IMPLS + ["auto_threads_1"])
+                         IMPLS + ["auto_threads_1"] if not args.skip_slow else
+                         ["jacobian", "structured", "auto", "auto_threads_1"]
+                         if spec["kind"] == "transformer" else  # both close (--calibrate)
+                         ["structured", "auto", "auto_threads_1"])
                 case["ntkit"] = {}
                 for impl in impls:
                     res, kern = run_torch(name, spec, net.state_dict(), x, impl, args.repeats,
