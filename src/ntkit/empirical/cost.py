@@ -127,11 +127,15 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profil
 #: multiply-add of structured derivatives and NTK-vector products at 1.45x (0.12-3.1x, never the
 #: fastest); with 1.3 "auto" picked the fastest in 7 of 10 cases and was at most 1.13x slower in
 #: the others (transformers at 10 and 60 sequences 1.05x and 1.10x, where the two are within
-#: 10%; LSTM at 100 1.13x). The spread is per architecture (per-example convolution gradients
-#: under vmap run ~3x fewer multiply-adds per second than the structured Grams, transformer
-#: layers ~1.1-1.2x), so no single weight is right everywhere: 1.2 would route the transformers
-#: right but the 20-image CNN to Jacobians, 2.5x slower. Measured on a shared machine at load
-#: 4-7, to be re-measured on a quiet one.
+#: 10%; LSTM at 100 1.13x; the benchmark's transformer at 100 sequences, measured once, worse:
+#: structured 929 ms against Jacobians' 430 ms, predicted 5.5 against 1.3 x 4.7 G). The spread
+#: is per architecture (per-example convolution gradients under vmap run ~3x fewer
+#: multiply-adds per second than the structured Grams; for transformer layers the structured path
+#: is the slower per multiply-add: per-example weight gradients over 32 tokens and passes over
+#: the n²T² token Gram are memory-bound), so no single weight is right everywhere: weighting
+#: structured per-example weight gradients like Jacobians routes the transformers right but the
+#: 20-image CNN to Jacobians, 2.5x slower (a memory-traffic term is the next step). Measured on
+#: a shared machine at load 4-7, to be re-measured on a quiet one.
 SECONDS_PER_MAC = {"jacobian": 1.3, "ntvp": 1.3, "structured": 1.0}
 
 
