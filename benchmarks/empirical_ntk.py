@@ -9,7 +9,11 @@ Cases (float32, x2=None, trace over outputs = neural-tangents' trace_axes=(-1,))
 * "transformer": nn.Embedding(1000, 128) -> 2 post-LN nn.TransformerEncoderLayer (4 heads,
   feed-forward 256, ReLU, no dropout, batch_first) -> mean over 32 tokens -> nn.Linear(1);
   100 sequences of token ids; its neural-tangents twin is written in jax.numpy
-  (benchmarks/peer/nt_empirical_ntk.py) and gets the torch model's parameters;
+  (benchmarks/peer/nt_empirical_ntk.py) and gets the torch model's parameters: the same
+  function ("twin_same_n_params", "twin_max_rel_diff_outputs": the two networks' outputs on
+  the same ids, float32 rounding), neural-tangents' Jacobian contraction (1), NTK-vector
+  products (2) and structured derivatives (3) timed (3 may run out of memory: the gather of
+  the embedding, its issue #199), each with its own peak memory;
 * "mem10m" (with --memory): the 1,000 x 1,000 trace NTK of a 784-2048-2048-2048-1 MLP
   (10.0 M parameters), ntkit only, default settings: peak memory.
 For the stax cases neural-tangents initializes the network and its parameters are ported into
@@ -18,7 +22,8 @@ Every measurement runs in a fresh subprocess (torch: one per case and implementa
 neural-tangents: one per case, in .peer-venv) that reports its median time over --repeats calls
 after a warm-up, and its peak resident memory (VmHWM) and the resident memory before the
 computation. torch keeps its default thread count; ntkit lowers it per call to the idle cores
-(ntkit.empirical.threads); "auto_threads_1" is ntkit's auto with threads=1. --busy N keeps N
+(ntkit.empirical.threads); "auto_threads_1" is ntkit's auto with threads=1 ("threads_used": how many calls
+of the model ran at each intra-op thread count). --busy N keeps N
 cores busy with spinning processes during all measurements (the "one core busy" condition).
 The automatic choice's cost model (ntkit.empirical.cost) is checked against the measured times:
 "cost_model_gmacs" (predicted multiply-adds per implementation), "fastest_measured" and
@@ -28,6 +33,16 @@ faster.
 
     .venv/bin/python benchmarks/empirical_ntk.py [--repeats 5] [--cases mlp,cnn,myrtle,transformer]
         [--tiny] [--no-peer] [--skip-slow] [--busy 1] [--memory]
+
+--calibrate checks the cost model instead, over the grid CALIBRATION (MLPs, CNNs, a small
+Myrtle, transformer encoders and LSTMs, small and large batches; --cases picks from it): every
+implementation timed at --threads intra-op threads (default 1, the least sensitive to load)
+against its predicted multiply-adds; JSON with, per case, "predicted_gmacs", "measured_ms",
+"auto_picks", "fastest_measured", "auto_slowdown", and overall the measured time per
+multiply-add of each implementation relative to structured derivatives (what
+``ntkit.empirical.cost.SECONDS_PER_MAC`` holds):
+
+    .venv/bin/python benchmarks/empirical_ntk.py --calibrate [--repeats 3] [--threads 1]
 """
 from __future__ import annotations
 
@@ -81,6 +96,19 @@ class Encoder(nn.Module):
         return self.head(self.enc(self.emb(ids)).mean(dim=1))
 
 
+class Recurrent(nn.Module):
+    """nn.LSTM over the sequence -> last hidden state -> nn.Linear (torch.func.vmap cannot run
+    nn.LSTM: ntkit falls back to per-example autograd)."""
+
+    def __init__(self, s):
+        super().__init__()
+        self.rnn = nn.LSTM(s["d"], s["hidden"], batch_first=True)
+        self.head = nn.Linear(s["hidden"], s["out"])
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
 def build(spec):
     """The torch model of a case (parameters as initialized by torch; ports replace them)."""
     import ntkit as nk
@@ -96,6 +124,8 @@ def build(spec):
         return arch.init((spec["d"],), seed=0).eval()
     if kind == "transformer":
         return Encoder(spec).eval()
+    if kind == "lstm":
+        return Recurrent(spec).eval()
     c_in, h, w = spec["image"]
     mods, c = [], c_in
     if kind == "cnn":
@@ -147,7 +177,98 @@ def make_inputs(name, spec):
         return rng.standard_normal((spec["n"], spec["d"])).astype(np.float32)
     if spec["kind"] == "transformer":
         return rng.integers(0, spec["vocab"], (spec["n"], spec["length"])).astype(np.int64)
+    if spec["kind"] == "lstm":
+        return rng.standard_normal((spec["n"], spec["length"], spec["d"])).astype(np.float32)
     return rng.standard_normal((spec["n"], *spec["image"])).astype(np.float32)
+
+
+#: the grid of the cost-model check (--calibrate): case name -> (base case, changed sizes)
+CALIBRATION = {
+    "mlp_n20": ("mlp", {"n": 20}), "mlp_n200": ("mlp", {"n": 200}),
+    "mlp_narrow_n200": ("mlp", {"widths": [64, 64], "n": 200}),
+    "cnn_n20": ("cnn", {"n": 20}), "cnn_n100": ("cnn", {"n": 100}),
+    "myrtle_w16_n20": ("myrtle", {"width": 16, "n": 20}),
+    "transformer_n10": ("transformer", {"n": 10}), "transformer_n60": ("transformer", {"n": 60}),
+    "lstm_n20": ("lstm", {"n": 20}), "lstm_n100": ("lstm", {"n": 100}),
+}
+LSTM = {"kind": "lstm", "d": 16, "hidden": 64, "length": 12, "out": 1, "n": 20}
+
+
+def calibration_worker(args):
+    """One grid case in this process: every implementation timed (interleaved, median of
+    --repeats after a warm-up) at --threads intra-op threads, against the cost model's
+    multiply-adds; prints one JSON line."""
+    import time
+    import warnings
+
+    import ntkit as nk
+    from ntkit.empirical import VmapFallbackWarning, cost
+    from ntkit.empirical._model import ModelFunction
+    from ntkit.empirical.auto import Request, choose, predicted_costs
+    from ntkit.empirical.memory import default_budget
+
+    base, change = CALIBRATION[args.case]
+    spec = dict(LSTM if base == "lstm" else CASES[base], **change)
+    net = build(spec)
+    x = torch.from_numpy(make_inputs(args.case, spec))
+    fn = ModelFunction(net)
+    t1, _ = fn.inputs(x, None)
+    req = Request(fn, t1, None, False, default_budget())
+    gmacs = {k: v / 1e9 for k, v in predicted_costs(req, bool(req.rules.covered)).items()}
+    impls = list(gmacs)
+    times = {i: [] for i in impls}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VmapFallbackWarning)
+        for rep in range(args.repeats + 1):
+            for i in impls:
+                t0 = time.perf_counter()
+                nk.empirical_ntk(net, x, implementation=i, threads=args.threads)
+                if rep:  # the first round warms up
+                    times[i].append(time.perf_counter() - t0)
+    ms = {i: 1e3 * float(np.median(v)) for i, v in times.items()}
+    chosen = choose(req, "auto")
+    fastest = min(ms, key=ms.get)
+    print(json.dumps({
+        "n_params": fn.n_params, "n": spec["n"], "predicted_gmacs": gmacs,
+        "predicted_weighted": {i: gmacs[i] * cost.SECONDS_PER_MAC[i] for i in impls},
+        "measured_ms": ms, "ms_per_gmac": {i: ms[i] / gmacs[i] for i in impls},
+        "auto_picks": chosen, "fastest_measured": fastest,
+        "auto_slowdown": ms[chosen] / ms[fastest]}))
+
+
+def calibrate(args):
+    """The cost model against measured times over CALIBRATION (one fresh process per case):
+    per case the predicted multiply-adds and the measured ms of each implementation, whether
+    "auto" picks the fastest (and its slowdown otherwise); overall the ratio of measured time
+    per predicted multiply-add of Jacobian contraction and NTK-vector products to that of
+    structured derivatives in the same case (median and range), i.e. the measured values of
+    ``cost.SECONDS_PER_MAC``."""
+    from ntkit.empirical import VmapFallbackWarning, cost
+
+    names = [c for c in (args.cases.split(",") if args.cases != DEFAULT_CASES else CALIBRATION)
+             if c]
+    result = {"threads": args.threads, "repeats": args.repeats,
+              "seconds_per_mac_in_library": cost.SECONDS_PER_MAC,
+              "load_average_1min_at_start": os.getloadavg()[0], "cases": {}}
+    for name in names:
+        proc = subprocess.run([sys.executable, __file__, "--calibrate-worker", "--case", name,
+                               "--repeats", str(args.repeats), "--threads", str(args.threads)],
+                              capture_output=True, text=True, env=os.environ)
+        result["cases"][name] = (json.loads(proc.stdout.strip().splitlines()[-1])
+                                 if proc.returncode == 0 else {"error": proc.stderr[-1500:]})
+    ratios = {i: [] for i in ("jacobian", "ntvp")}
+    for case in result["cases"].values():
+        per = case.get("ms_per_gmac", {})
+        for i in ratios:
+            if i in per and "structured" in per:
+                ratios[i].append(per[i] / per["structured"])
+    result["measured_seconds_per_mac_over_structured"] = {
+        i: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v))}
+        for i, v in ratios.items() if v}
+    done = [c for c in result["cases"].values() if "auto_picks" in c]
+    result["auto_picks_fastest"] = f"{sum(c['auto_picks'] == c['fastest_measured'] for c in done)}/{len(done)}"
+    result["worst_auto_slowdown"] = max((c["auto_slowdown"] for c in done), default=None)
+    print(json.dumps(result, indent=1))
 
 
 # -- subprocess workers ------------------------------------------------------------------------------
@@ -169,11 +290,14 @@ def worker(args):
     impl, kw = args.impl, {}
     if impl == "auto_threads_1":
         impl, kw = "auto", {"threads": 1}
+    used = []  # intra-op threads in effect while the model runs (ntkit's choice per call)
+    net.register_forward_pre_hook(lambda *_: used.append(torch.get_num_threads()))
     base = rss_mb()
     seconds, kern = median_time(lambda: nk.empirical_ntk(net, x, implementation=impl, **kw),
                                 args.repeats, slow_after=3.0)
     out = {"ms": 1e3 * seconds, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
-        "threads": torch.get_num_threads()}
+           "torch_threads": torch.get_num_threads(),
+           "threads_used": {str(t): used.count(t) for t in sorted(set(used))}}
     if args.impl == "auto":
         from ntkit.empirical._model import ModelFunction
         from ntkit.empirical.auto import Request, predicted_costs
@@ -226,21 +350,40 @@ def run_peer(name, spec, x, net, repeats, skip_slow, tmp):
     res = np.load(out)
     leaves = [res[f"{name}_p{i}"] for i in range(sum(k.startswith(f"{name}_p") for k in res.files))]
     ntk = res[f"{name}_ntk"] if f"{name}_ntk" in res.files else None
-    return json.loads(str(res["timings"]))[name], leaves, ntk
+    timings = json.loads(str(res["timings"]))[name]
+    if spec["kind"] == "transformer":  # the twin: same outputs on the same weights?
+        with torch.no_grad():
+            mine = net(torch.from_numpy(x)).double().numpy()
+        theirs = res[f"{name}_out"]
+        timings["twin_max_rel_diff_outputs"] = float(np.abs(mine - theirs).max()
+                                                     / np.abs(theirs).max())
+        timings["twin_same_n_params"] = timings["n_params"] == sum(
+            q.numel() for q in net.parameters())
+    return timings, leaves, ntk
 
 
 def start_busy(n):
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
+DEFAULT_CASES = "mlp,cnn,myrtle,transformer"
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--cases", default="mlp,cnn,myrtle,transformer")
+    p.add_argument("--cases", default=DEFAULT_CASES,
+                   help=f"cases; with --calibrate names of the grid: {','.join(CALIBRATION)}")
+    p.add_argument("--calibrate", action="store_true",
+                   help="check the cost model of 'auto' against measured times over a grid")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads under --calibrate")
+    p.add_argument("--calibrate-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a correctness smoke run)")
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--skip-slow", action="store_true",
-                   help="only ntkit's structured/auto and neural-tangents' implementation 3")
+                   help="only ntkit's structured/auto (and Jacobians for the transformer) "
+                        "and neural-tangents' implementation 3 (and 1 for the transformer)")
     p.add_argument("--busy", type=int, default=0, help="cores kept busy during measurements")
     p.add_argument("--memory", action="store_true", help="add the 10M-parameter memory case")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -250,6 +393,10 @@ def main():
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    if args.calibrate_worker:
+        return calibration_worker(args)
+    if args.calibrate:
+        return calibrate(args)
     names = [c for c in args.cases.split(",") if c] + (["mem10m"] if args.memory else [])
     busy = start_busy(args.busy)
     result = {"machine": {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -270,8 +417,10 @@ def main():
                     if leaves:
                         port_stax(net, spec, leaves)
                 impls = (["auto"] if name == "mem10m" else
-                         ["structured", "auto", "auto_threads_1"] if args.skip_slow else
-                         IMPLS + ["auto_threads_1"])
+                         IMPLS + ["auto_threads_1"] if not args.skip_slow else
+                         ["jacobian", "structured", "auto", "auto_threads_1"]
+                         if spec["kind"] == "transformer" else  # both close (--calibrate)
+                         ["structured", "auto", "auto_threads_1"])
                 case["ntkit"] = {}
                 for impl in impls:
                     res, kern = run_torch(name, spec, net.state_dict(), x, impl, args.repeats,

@@ -35,6 +35,28 @@ def test_profile_counts_multiply_adds_and_layer_shapes():
     assert p.elementwise == [24] and p.left == 0
 
 
+class LastStep(nn.Module):
+    """A recurrent layer (2 layers) -> its last step -> Linear(H, 1)."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn, self.head = rnn, nn.Linear(rnn.hidden_size, 1)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("kind, gates", [(nn.LSTM, 4), (nn.GRU, 3)])
+def test_profile_counts_recurrent_layers(kind, gates):
+    """T steps of a 2-layer recurrent net (I = 5 inputs, H = 7 hidden): per step and layer, the
+    gates' (g·H, I_layer) and (g·H, H) products (nn.LSTM runs as one oneDNN operator on CPU,
+    which torch's flop counter does not count), plus the head."""
+    torch.manual_seed(0)
+    T, I, H = 6, 5, 7
+    p = profile_of(LastStep(kind(I, H, num_layers=2, batch_first=True)), torch.randn(3, T, I))
+    assert p.forward == T * gates * H * ((I + H) + (H + H)) + H
+
+
 def test_cost_formulas_by_hand():
     """Linear(5, 7) - Linear(7, 3), both with bias (66 parameters), n1 = 4, n2 = 3, k = 3,
     "full": examples 7, pairs 12, k' = 9, forward F = 56 multiply-adds."""

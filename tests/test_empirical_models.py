@@ -122,6 +122,21 @@ def test_transformer_on_token_ids_with_padding_mask():
     check_all(model, x1, x2)
 
 
+def test_embedding_padding_with_nonzero_cotangents():
+    """Padding ids (padding_idx=0) whose embedding outputs do reach the output (no mask): torch
+    gives the padding row no gradient, so padding positions must match nothing in the token
+    Gram, with x2 given and with x2=None (the one-block Gram)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(7, 4, padding_idx=0), nn.Flatten(), nn.Tanh(),
+                          nn.Linear(20, 2)).double().eval()
+    x1 = torch.tensor([[0, 1, 0, 2, 3], [4, 0, 0, 5, 6], [0, 0, 0, 0, 0]])
+    x2 = torch.tensor([[0, 0, 1, 6, 2], [3, 3, 0, 0, 4]])
+    check_all(model, x1, x2)
+    ref = modes_of(brute_force_ntk(model, x1, x1))["full"]
+    for impl in IMPLS:
+        assert_close(empirical_ntk(model, x1, mode="full", implementation=impl), ref)
+
+
 def test_sequence_first_transformer_with_as_many_examples_as_tokens():
     """batch_first=False: the encoder's Linear/LayerNorm modules see (L, n, d); with L = n the
     batch dimension is ambiguous from shapes and is taken from the transformer layer."""

@@ -11,10 +11,13 @@ transformer, the torch model's parameters `<name>_tp<i>` (names in the config's
   mean over tokens -> Dense(out), written below in jax.numpy as the twin of torch's modules,
   with torch's parameters.
 OUT.npz: `timings` (JSON: per model, median seconds per implementation 1/2/3 = Jacobian
-contraction / NTK-vector products / structured derivatives, and peak_rss_mb / base_rss_mb:
-this process's peak resident memory after the model and before it), and the kernel of the
-first implementation timed (`<name>_ntk`). Only neural-tangents' and JAX's public APIs are used;
-this file is benchmark tooling.
+contraction / NTK-vector products / structured derivatives; "peak_rss_mb": per implementation,
+this process's peak resident memory during its compilation and calls (the peak is reset before
+each implementation through /proc/self/clear_refs, so each is its own; "base_rss_mb" the
+resident memory before it); "n_params"), the kernel of the first implementation timed
+(`<name>_ntk`) and the network's outputs on the inputs (`<name>_out`, float64: for the
+transformer twin, the caller compares them with the torch model's). Only neural-tangents' and
+JAX's public APIs are used; this file is benchmark tooling.
 """
 import json
 import sys
@@ -88,6 +91,15 @@ def transformer_apply(spec):
     return apply_fn
 
 
+def reset_peak_rss():
+    """Reset VmHWM to the current resident memory (Linux >= 4.0; a no-op where refused)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def median_time(fn, repeats):
     out = jax.block_until_ready(fn())  # compile + warm up
     times = []
@@ -115,18 +127,24 @@ def main(inp, out):
             _, params = init_fn(random.PRNGKey(spec.get("seed", 0)), x.shape)
             for i, leaf in enumerate(jax.tree_util.tree_leaves(params)):
                 arrays[f"{name}_p{i}"] = np.asarray(leaf)
-        result = {"base_rss_mb": current_rss_mb()}
+        arrays[f"{name}_out"] = np.asarray(apply_fn(params, x), dtype=np.float64)
+        result = {"n_params": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params))),
+                  "base_rss_mb": {}, "peak_rss_mb": {}}
         for impl in spec.get("implementations", [1, 2, 3]):
             kfn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
                                               implementation=impl))
+            reset_peak_rss()
+            result["base_rss_mb"][str(impl)] = current_rss_mb()
             try:
                 result[str(impl)], ntk = median_time(lambda: kfn(x, None, params),
                                                      config["repeats"])
             except Exception as exc:  # e.g. out of memory on a busy machine: keep the others
                 result[str(impl)] = f"failed: {type(exc).__name__}: {exc}"[:300]
                 continue
+            finally:
+                result["peak_rss_mb"][str(impl)] = peak_rss_mb()
             arrays.setdefault(f"{name}_ntk", np.asarray(ntk))
-        result["peak_rss_mb"] = peak_rss_mb()
+            del kfn, ntk
         timings[name] = result
     np.savez(out, timings=np.array(json.dumps(timings)), **arrays)
 

@@ -36,10 +36,23 @@ from .registry import AttentionRule, ElementwiseRule, LinearRule
 from .structured import StructuredDerivatives
 
 
+def _rnn_layer_flops(inputs, w_input, w_hidden, *args, out_val=None, **kwargs) -> int:
+    """One LSTM layer run by oneDNN (``aten.mkldnn_rnn_layer``, what nn.LSTM calls on CPU; torch
+    counts no flops for it): per step and example, the gates' (4H, I) and (4H, H) products."""
+    steps_times_batch = inputs.shape[0] * inputs.shape[1]
+    return 2 * steps_times_batch * w_input.shape[0] * (w_input.shape[1] + w_hidden.shape[1])
+
+
+#: formulas for operators torch's flop counter lacks (the rest of nn.GRU/nn.RNN/nn.LSTM on other
+#: paths decomposes into counted matrix products)
+_EXTRA_FLOPS = {torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops}
+
+
 class _FlopCount(TorchDispatchMode):
     """Floating-point operations of the matrix products, convolutions and attention run under
     it, by torch's own formulas (``torch.utils.flop_counter``; without FlopCounterMode's
-    per-module bookkeeping, which costs more than the small forward pass profiled here)."""
+    per-module bookkeeping, which costs more than the small forward pass profiled here) and
+    ``_EXTRA_FLOPS``."""
 
     def __init__(self):
         super().__init__()
@@ -48,7 +61,8 @@ class _FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
+        formula = flop_registry.get(func._overloadpacket) or _EXTRA_FLOPS.get(
+            func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         return out
@@ -107,12 +121,21 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profil
     return Profile(counter.flops / 2.0, shapes, elementwise, left)
 
 
-#: relative time per multiply-add. Measured with one thread on the benchmark cases
-#: (benchmarks/empirical_ntk.py; MLP, CNN, Myrtle-5 at 20 examples, transformer encoder at 20
-#: and 100), Jacobian contraction ran 0.84-1.75x fewer multiply-adds per second than the
-#: structured path (per-example vmapped passes, memory-bound contraction) and NTK-vector
-#: products no more than Jacobians; with 1.3 the choice was within 1.4x of the faster one in
-#: every case (measured on a shared, loaded machine: to be re-measured on a quiet one)
+#: relative time per multiply-add. ``benchmarks/empirical_ntk.py --calibrate`` (one thread; a
+#: grid of MLPs, CNNs, a Myrtle-5 of width 16, transformer encoders and LSTMs at small and large
+#: batches) measured Jacobian contraction at a median 1.35x (0.48-3.7x) the time per predicted
+#: multiply-add of structured derivatives and NTK-vector products at 1.45x (0.12-3.1x, never the
+#: fastest); with 1.3 "auto" picked the fastest in 7 of 10 cases and was at most 1.13x slower in
+#: the others (transformers at 10 and 60 sequences 1.05x and 1.10x, where the two are within
+#: 10%; LSTM at 100 1.13x; the benchmark's transformer at 100 sequences, measured once, worse:
+#: structured 929 ms against Jacobians' 430 ms, predicted 5.5 against 1.3 x 4.7 G). The spread
+#: is per architecture (per-example convolution gradients under vmap run ~3x fewer
+#: multiply-adds per second than the structured Grams; for transformer layers the structured path
+#: is the slower per multiply-add: per-example weight gradients over 32 tokens and passes over
+#: the n²T² token Gram are memory-bound), so no single weight is right everywhere: weighting
+#: structured per-example weight gradients like Jacobians routes the transformers right but the
+#: 20-image CNN to Jacobians, 2.5x slower (a memory-traffic term is the next step). Measured on
+#: a shared machine at load 4-7, to be re-measured on a quiet one.
 SECONDS_PER_MAC = {"jacobian": 1.3, "ntvp": 1.3, "structured": 1.0}
 
 

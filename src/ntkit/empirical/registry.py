@@ -179,9 +179,11 @@ def _embedding(m: nn.Embedding) -> Optional[LinearRule]:
 
 
 def _token_gram(ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
-    """[id_a = id_b] for flattened positions (na·T, nb·S), 0 at padding (id -1)."""
+    """[id_a = id_b] for flattened positions (na·T, nb·S), 0 at padding (id -1: b's padding
+    becomes -2, so that it matches nothing, in one pass over the nb·S ids instead of a second
+    pass over the Gram)."""
     a, b = ua.reshape(-1, 1), ub.reshape(1, -1)
-    return (a == b) & (a >= 0)
+    return a == b.masked_fill(b < 0, -2)
 
 
 def _layer_norm(m: nn.LayerNorm) -> Optional[ElementwiseRule]:
