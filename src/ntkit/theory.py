@@ -226,7 +226,7 @@ def deep_architecture(act: ActivationLike, depth: int, d_in: int) -> Sequential:
 #: entries per block of ``deep_kernels``: the recursion state of a block (a few float64 vectors
 #: and the map's temporaries) stays in the CPU cache through all the layers between two
 #: requested depths, instead of streaming the whole matrix through memory at every layer
-DEEP_BLOCK = 1 << 16
+DEEP_BLOCK = 1 << 17
 
 
 def _hidden_layer(act: Activation, m: float, cov: torch.Tensor, dist: torch.Tensor,
