@@ -148,6 +148,39 @@ def test_deep_kernels_match_numpy_recursion_and_layers():
     np.testing.assert_allclose(k.ntk.numpy(), got[4][1].numpy(), rtol=1e-10)
 
 
+@pytest.mark.parametrize("act", [nk.ReLU(), nk.Erf(), theory.HermitePolynomial([0, 0, 1, 1]),
+                                 theory.PhiOpt(3)], ids=["relu", "erf", "h2+h3", "phi_opt"])
+def test_deep_kernels_blocks_do_not_change_the_result(act):
+    """The recursion advanced a few entries at a time (blocks of 7 of 36, not dividing them,
+    and a transposed, non-contiguous input) equals the whole-matrix recursion (one block)
+    entry for entry, and the numpy arc-cosine recursion for ReLU (the diagonal Θ = L + 1)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 3))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rho = np.clip(x @ x.T, -1, 1)
+    np.fill_diagonal(rho, 1.0)
+    rho = torch.from_numpy(rho)
+    whole = {L: (a.clone(), b.clone()) for L, a, b in
+             theory.deep_kernels(act, rho, [2, 9], block=rho.numel())}
+    blocked = {L: (a.clone(), b.clone()) for L, a, b in
+               theory.deep_kernels(act, rho.T, [9, 2], block=7)}
+    assert list(blocked) == [2, 9]
+    for L in (2, 9):
+        assert torch.equal(blocked[L][0], whole[L][0].T) and torch.equal(blocked[L][1], whole[L][1].T)
+    if isinstance(act, nk.ReLU):
+        np.testing.assert_allclose(np.diag(blocked[9][1].numpy()), 10.0, rtol=1e-14)
+        s, t = rho.numpy().copy(), rho.numpy().copy()
+        for _ in range(9):
+            th = np.arccos(np.clip(s, -1, 1))
+            np.fill_diagonal(th, 0.0)
+            t = t * (np.pi - th) / np.pi
+            s = (np.sqrt(np.clip(1 - s * s, 0, None)) + (np.pi - th) * s) / np.pi
+            t = t + s
+        np.testing.assert_allclose(blocked[9][1].numpy(), t.T, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="block"):
+        next(theory.deep_kernels(act, rho, [1], block=0))
+
+
 def test_hermite_polynomial_kernel_matches_mpmath():
     """HermitePolynomial([0.3, 0, 1, 1]) between inputs of variances 0.7 and 2.1, correlation 0.4
     (a 2-D Gaussian expectation of polynomials: Gauss–Hermite in mpmath is exact)."""

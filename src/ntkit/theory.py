@@ -223,8 +223,27 @@ def deep_architecture(act: ActivationLike, depth: int, d_in: int) -> Sequential:
     return Sequential(*layers)
 
 
+#: entries per block of ``deep_kernels``: the recursion state of a block (a few float64 vectors
+#: and the map's temporaries) stays in the CPU cache through all the layers between two
+#: requested depths, instead of streaming the whole matrix through memory at every layer
+DEEP_BLOCK = 1 << 17
+
+
+def _hidden_layer(act: Activation, m: float, cov: torch.Tensor, dist: torch.Tensor,
+                  ntk: torch.Tensor):
+    """One hidden layer of ``deep_kernels`` on unit variances (cov and dist are replaced, ntk is
+    updated in place): Σ ← ψ(Σ)/M, Θ ← Θ ψ'(Σ)/M + Σ, |x - x'|² carried along."""
+    ones = torch.ones((), dtype=cov.dtype, device=cov.device)
+    value, dot, new_dist = act.pair_moments(cov, ones, ones, dist, True)
+    cov = value.div_(m).clamp_(-1.0, 1.0)
+    dist = (2 - 2 * cov) if new_dist is None else new_dist.div_(m)
+    dist.clamp_(min=0.0)
+    ntk.mul_(dot.div_(m)).add_(cov)
+    return cov, dist
+
+
 def deep_kernels(act: ActivationLike, rho: torch.Tensor, depths: Sequence[int],
-                 dist: Optional[torch.Tensor] = None):
+                 dist: Optional[torch.Tensor] = None, block: int = DEEP_BLOCK):
     """NNGP and NTK of ``deep_architecture`` on unit-norm inputs with correlations ``rho``
     (a tensor of any shape, e.g. train-train and test-train rows stacked), at every depth in
     ``depths`` in one pass: yields (depth, nngp, ntk) in increasing depth (float64 tensors of
@@ -238,22 +257,36 @@ def deep_kernels(act: ActivationLike, rho: torch.Tensor, depths: Sequence[int],
     |Σ| ≤ 1 and |Θ| ≤ Θ(x, x) = Σ_l B̃^l; for A = 0 the off-diagonal entries shrink like
     Ã'^(2L) and underflow float64 past L ≈ 700 / |log Ã'²| (doubly exponentially fast when
     A' = 0 too).
+
+    Every entry follows its own recursion (the kernels on the sphere are functions of ρ alone),
+    so the entries are advanced ``block`` at a time through all the layers up to the next
+    requested depth: the same operations on each entry as one whole-matrix step per layer
+    (bitwise the same result), with the block's state in cache (benchmarks/deep_limits.py).
     """
     act = as_activation(act)
     m = gaussian_moments(act).M
     wanted = sorted({int(d) for d in depths})
     if not wanted or wanted[0] < 1:
         raise ValueError(f"depths must be positive integers, got {list(depths)!r}")
-    cov = torch.as_tensor(rho, dtype=torch.float64).clone().clamp_(-1.0, 1.0)
+    if int(block) != block or block < 1:
+        raise ValueError(f"block must be a positive integer, got {block!r}")
+    contiguous = torch.contiguous_format   # the flat views below must write through
+    cov = torch.as_tensor(rho, dtype=torch.float64).clone(memory_format=contiguous).clamp_(-1, 1)
     dist = ((2 - 2 * cov) if dist is None
-            else torch.as_tensor(dist, dtype=torch.float64).clone()).clamp_(min=0.0)
+            else torch.as_tensor(dist, dtype=torch.float64).clone(memory_format=contiguous)
+            ).clamp_(min=0.0)
+    if dist.shape != cov.shape:
+        raise ValueError(f"dist must have rho's shape {tuple(cov.shape)}, got {tuple(dist.shape)}")
     ntk = cov.clone()
-    ones = torch.ones((), dtype=torch.float64)
-    for layer in range(1, wanted[-1] + 1):
-        value, dot, new_dist = act.pair_moments(cov, ones, ones, dist, True)
-        cov = value.div_(m).clamp_(-1.0, 1.0)
-        dist = (2 - 2 * cov) if new_dist is None else new_dist.div_(m)
-        dist.clamp_(min=0.0)
-        ntk = ntk.mul_(dot.div_(m)).add_(cov)
-        if layer in wanted:
-            yield layer, cov, ntk
+    flat = [t.reshape(-1) for t in (cov, dist, ntk)]   # views: the blocks write through
+    done = 0
+    for target in wanted:
+        for lo in range(0, cov.numel(), int(block)):
+            c, d, t = (f[lo:lo + int(block)] for f in flat)
+            c_new, d_new = c, d
+            for _ in range(done, target):
+                c_new, d_new = _hidden_layer(act, m, c_new, d_new, t)
+            c.copy_(c_new)
+            d.copy_(d_new)
+        done = target
+        yield target, cov, ntk

@@ -29,11 +29,17 @@ rounding) could change is "undetermined" (``undetermined``): reported as a fract
 never counted as right or wrong; accuracies and agreements are over the determined points
 (null when none), depths with undetermined points are drawn as x marks on the bottom edge of
 the figure and do not count toward the 95% agreement depth. Memory: one n_train² matrix at a time plus
-chunks of test rows (the full configuration, n = 10,000, needs ~6 GB). Time: the depth
-recursion costs about 0.7 s of CPU per layer per 10⁶ kernel entries for the four activations
-together (0.18 ReLU, 0.42 h₂ + h₃, 0.05 erf, 0.06 φ_opt; one core, float64), so the full
-configuration (2·10⁸ train and test entries per setting, 500 layers) is ~20 CPU-hours per
-setting; results/deep-limits holds a reduced run (its results.json says which).
+chunks of test rows (the full configuration, n = 10,000, needs ~6 GB). Time
+(``benchmarks/deep_limits.py``, n = 1,000, one core, float64, on a loaded machine): the depth
+recursion, advanced in cache-sized blocks through all the layers between requested depths
+(``theory.deep_kernels``), costs about 0.28 s of CPU per layer per 10⁶ kernel entries for the
+four activations together (0.07 ReLU, 0.13 h₂ + h₃, 0.035 erf, 0.04 φ_opt; ReLU was 0.7 with
+one whole-matrix step per layer), ~8 CPU-hours per setting at the full configuration (2·10⁸
+train and test entries, 500 layers). The solves then dominate: 2 per depth and activation,
+most K singular to working precision (a Cholesky attempt, then the minimum-norm
+eigendecomposition), ~40 s per activation and 8 depths at n = 1,000, growing like n³ (~16
+CPU-hours per setting at n = 10,000). results/deep-limits holds a reduced run (its
+results.json says which).
 
 ``--diag-reg R`` adds a ridge R·mean(diag K) (the remedy for near-duplicate training points:
 at n = 1,000 on the circle K is singular to working precision at several depths, and its
