@@ -13,20 +13,6 @@ cos θ = c / sqrt(v1 v2), the arc-cosine kernel of Cho & Saul (2009) gives
 The maps, their edge conventions (zero variance: θ = π/2; |ρ| clamped and snapped to ±1
 within 4 ulps; the precise path from the squared distance for nearly equal inputs) and the
 drop-ins (torch fast path, native C++ block) are written once in ``ntkit.layers.relu_map``.
-
-Deep networks drive every correlation towards 1, where the covariance no longer holds 1 - ρ:
-stored in float32, c = √(v1 v2)(1 - ε) keeps ε ~ 1e-6 to one digit at depth 1,000, and the
-angle θ ≈ √(2ε) of every later layer, hence the NTK's product of E[φ'φ'] = hs - kθ, was 7% off.
-No map can recover what the stored covariance has lost, so a dense fully-connected state starts
-carrying the squared distances E[(u-v)²] (the precise path of ``relu_map``: θ from the distance,
-exact to rounding relative to its size) at the first ReLU-family layer where an off-diagonal
-correlation exceeds ``PRECISE_FROM``, while 1 - ρ still has most of its digits
-(``start_distances``); Linear layers map the distances exactly from then on (float32, depth
-1,000, W_std = 2: the off-diagonal NTK 4e-5 off instead of 7%). The angle then comes from
-|x-x'|² - (|x| - |x'|)² = 2|x||x'|(1 - ρ), a difference that still cancels for inputs of
-different norms once 1 - ρ is far below (|x| - |x'|)²/|x|²: float32 at depth 10,000 stays
-tens of percent off the diagonal (carrying 2|x||x'|(1 - ρ) itself through the Linear layers
-would remove that; not done).
 """
 from __future__ import annotations
 
@@ -37,36 +23,6 @@ import torch
 from . import relu_map
 from .activation import Activation
 from .hyper import check_finite
-from .state import KernelState
-
-#: a dense fully-connected state starts carrying squared distances (module doc) at the first
-#: ReLU-family layer where an off-diagonal correlation exceeds this (1 - ρ then keeps all but
-#: 6 bits of its digits)
-PRECISE_FROM = 1.0 - 2.0 ** -6
-
-
-def start_distances(state: KernelState) -> KernelState:
-    """``state`` with ``dist`` = E[(u-v)²] = v1 + v2 - 2c added when it is a dense
-    fully-connected state without distances and some off-diagonal correlation exceeds
-    ``PRECISE_FROM``; else ``state`` itself. Pairs whose correlation is within
-    ``relu_map.SNAP_ULPS`` ulps of 1 get distance 0 (``relu_map.snap_``'s convention), as does
-    every input with itself."""
-    if (state.dist is not None or state.cov is None or state.layout != "dense"
-            or state.spatial != "none" or state.cov.numel() == 0):
-        return state
-    v1, v2 = state.broadcast_vars()
-    r1, _ = relu_map.rank_one_factors(v1)
-    r2, _ = relu_map.rank_one_factors(v2)
-    rho = state.cov * r1 * r2
-    if state.same_inputs:
-        rho.diagonal().fill_(0.0)
-    if not bool((rho > PRECISE_FROM).any()):
-        return state
-    dist = (v1 + v2 - 2 * state.cov).clamp_(min=0.0)
-    dist.masked_fill_(rho > relu_map.snap_limit(rho.dtype), 0.0)
-    if state.same_inputs:
-        dist.diagonal().zero_()
-    return state.replace(dist=dist)
 
 
 def _native_dense(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor) -> bool:
@@ -102,11 +58,6 @@ class ABReLU(Activation):
 
     def var_moment(self, var: torch.Tensor) -> torch.Tensor:
         return var * self._coefs[0]
-
-    def apply(self, state: KernelState) -> KernelState:
-        if self._coefs[1] != 0.0:   # nonlinear: nearly parallel pairs need the distances
-            state = start_distances(state)
-        return super().apply(state)
 
     def pair_moments(self, cov, v1, v2, dist, need_dot):
         half_sum, diff2 = self._coefs
