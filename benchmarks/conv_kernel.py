@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -106,12 +107,13 @@ def machine_rates(dev, dtype):
     return bw, rate
 
 
-def time_ours(depth, gap, n, dev, dtype, size=32, backend="native", budget=1 << 30):
+def time_ours(depth, gap, n, dev, dtype, size=32, backend="native", budget=1 << 30, repeats=1):
     options = KernelOptions(native=backend == "native", memory_budget=int(budget))
-    return _time_ours(depth, gap, n, dev, dtype, size, options)
+    return _time_ours(depth, gap, n, dev, dtype, size, options, repeats)
 
 
-def _time_ours(depth, gap, n, dev, dtype, size, options):
+def _time_ours(depth, gap, n, dev, dtype, size, options, repeats=1):
+    """(median seconds of ``repeats`` calls after a warm-up, peak memory over them, the NTK)."""
     a = arch(depth, gap)
     import numpy as np  # the same images as benchmarks/peer/nt_conv_kernel.py (NHWC there)
     xn = np.random.default_rng(0).standard_normal((n, size, size, 3)).astype(str(dtype)[6:])
@@ -119,17 +121,19 @@ def _time_ours(depth, gap, n, dev, dtype, size, options):
     a.kernel(x, get="ntk", options=options)  # warm-up: compiles the fused layers (for these shapes) when used
     _sync(dev)
     _reset_peak(dev)
-    t0 = time.perf_counter()
-    k = a.kernel(x, get="ntk", options=options)
-    _sync(dev)
-    sec = time.perf_counter() - t0
-    return sec, _peak(dev), k.ntk.double().cpu()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        k = a.kernel(x, get="ntk", options=options)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), _peak(dev), k.ntk.double().cpu()
 
 
-def time_peer(depth, gap, n, dtype, size=32):
+def time_peer(depth, gap, n, dtype, size=32, repeats=1):
     if not PEER.exists():
         return None
-    cfg = {"depth": depth, "gap": gap, "n": n, "size": size, "dtype": dtype, "repeats": 1}
+    cfg = {"depth": depth, "gap": gap, "n": n, "size": size, "dtype": dtype, "repeats": repeats}
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([str(PEER), str(ROOT / "benchmarks/peer/nt_conv_kernel.py"),
                           json.dumps(cfg)], capture_output=True, text=True, env=env, timeout=3600)
@@ -167,6 +171,9 @@ def main(argv=None):
     p.add_argument("--readouts", default="gap,vanilla")
     p.add_argument("--peer", default="auto", help="time neural-tangents (GAP depth 5): auto|no")
     p.add_argument("--budget", type=float, default=float(1 << 30), help="memory budget, bytes")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed calls per configuration (the median is reported); "
+                        "neural-tangents' GAP kernel is timed once (minutes per call)")
     p.add_argument("--backends", default="native,torch",
                    help="CPU backends of the fused pass: native (C++) and/or torch (compiled)")
     args = p.parse_args(argv)
@@ -186,7 +193,7 @@ def main(argv=None):
                     k = None
                     for backend in backends:
                         sec, peak, k_b = time_ours(depth, gap, n, dev, dtype, backend=backend,
-                                                     budget=args.budget)
+                                                   budget=args.budget, repeats=args.repeats)
                         k = k_b if k is None else k
                         row = _row(dev, dt_name, depth, gap, n, sec, peak, args.budget, item,
                                    bw, rate, backend)
@@ -198,7 +205,8 @@ def main(argv=None):
                         results["runs"].append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
                     if depth == 5 and dev.type == "cpu" and args.peer != "no":
-                        peer = time_peer(depth, gap, n, dt_name)
+                        peer = time_peer(depth, gap, n, dt_name,
+                                         repeats=1 if gap else args.repeats)
                         for row in results["runs"]:
                             if (row["device"], row["dtype"], row["depth"], row["readout"]) != (
                                     dev_name, dt_name, depth, "gap" if gap else "vanilla"):

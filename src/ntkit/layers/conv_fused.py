@@ -162,16 +162,32 @@ def reuse_buffers() -> Iterator[None]:
         _pool.reset(token)
 
 
-def _zero_buffers(like: torch.Tensor, shape, count: int, tag: str) -> list:
-    """``count`` zeroed buffers of ``shape``; within ``reuse_buffers()`` shared with the next
-    block of the same shape (their zero borders survive: passes write interiors only)."""
+def _bordered(like: torch.Tensor, shape, full: bool, ph: int, pw: int) -> torch.Tensor:
+    """An uninitialized padded buffer of ``shape`` whose zero-padding border (``ph`` rows and
+    ``pw`` columns on each side of every spatial axis) is zeroed: its interior is always
+    written before it is read, so a full zero fill (a second pass over every page) is saved."""
+    buf = like.new_empty(shape)
+    axes = ((1, ph), (2, pw), (3, ph), (4, pw)) if full else ((buf.ndim - 2, ph),
+                                                             (buf.ndim - 1, pw))
+    for dim, p in axes:
+        if p:
+            buf.narrow(dim, 0, p).zero_()
+            buf.narrow(dim, buf.shape[dim] - p, p).zero_()
+    return buf
+
+
+def _zero_buffers(like: torch.Tensor, shape, count: int, tag: str, full: bool, ph: int,
+                  pw: int) -> list:
+    """``count`` padded buffers of ``shape`` with zero borders (``_bordered``); within
+    ``reuse_buffers()`` shared with the next block of the same shape (their zero borders
+    survive: passes write interiors only)."""
     pool = _pool.get()
     if pool is None:
-        return [like.new_zeros(shape) for _ in range(count)]
+        return [_bordered(like, shape, full, ph, pw) for _ in range(count)]
     key = (tag, tuple(shape), like.dtype, like.device)
     bufs = pool.get(key)
     if bufs is None:
-        bufs = pool[key] = [like.new_zeros(shape) for _ in range(count)]
+        bufs = pool[key] = [_bordered(like, shape, full, ph, pw) for _ in range(count)]
     return list(bufs)
 
 
@@ -308,8 +324,8 @@ def run_fused(pairs, state: KernelState, options: KernelOptions, gap: bool = Fal
     else:
         m = mb = None  # the diagonal regime runs the whole block at once
     shape = _padded_shape(cov.shape if not full else (mb,) + tuple(cov.shape[1:]), ph, pw, full)
-    buf_s = _zero_buffers(cov, shape, 2, "s")
-    buf_t = _zero_buffers(cov, shape, 2, "t") if any_t else None
+    buf_s = _zero_buffers(cov, shape, 2, "s", full, ph, pw)
+    buf_t = _zero_buffers(cov, shape, 2, "t", full, ph, pw) if any_t else None
     out_shape = (cov.shape[0],) if gap else cov.shape
     out_cov = cov.new_empty(out_shape) if full else None
     out_ntk = (cov.new_empty(out_shape) if any_t else None) if full else None

@@ -12,6 +12,12 @@ import torch
 from .state import KernelState
 
 
+#: up to this many input channels, the same-position input covariance is summed channel by
+#: channel in place; einsum (a batched matmul over positions with a C-long inner dimension)
+#: was 1.3-4x slower there (64 images of 32 x 32, C = 1..16, float32 and float64)
+FEW_CHANNELS = 16
+
+
 def check_images(t: torch.Tensor, name: str) -> None:
     """Image inputs must be NCHW; a channels-last array is reported when it is recognizable."""
     if t.ndim != 4:
@@ -35,7 +41,13 @@ def same_position_state(a: torch.Tensor, b: Optional[torch.Tensor]) -> KernelSta
     itself): cov (n1, n2, H, W), var (n, H, W)."""
     c = a.shape[1]
     other = a if b is None else b
-    cov = torch.einsum("achw,bchw->abhw", a, other).div_(c)
+    if c <= FEW_CHANNELS:  # one broadcast multiply-add per channel, written in place
+        cov = a[:, None, 0] * other[None, :, 0]
+        for k in range(1, c):
+            cov.addcmul_(a[:, None, k], other[None, :, k])
+        cov.div_(c)
+    else:
+        cov = torch.einsum("achw,bchw->abhw", a, other).div_(c)
     var1 = pixel_variances(a)
     var2 = var1 if b is None else pixel_variances(b)
     return KernelState(cov=cov, var1=var1, var2=var2, ntk=None, width=c, spatial="diag",

@@ -55,6 +55,13 @@ FUSED_TENSORS_PER_PAIR = 4
 # padded single-pair buffers live at once in a pair_program (input, S and T of a branch and of
 # a running residual sum, intermediates): a fixed cost of a tile
 PROGRAM_BUFFERS = 10
+# largest tile side of the same-position regime on CPU: the diagonal tiles compute both
+# triangles, so smaller tiles do less work, until the per-tile overhead wins; and a tile's
+# (r, r, H+2, W+2) buffers stay cache- and allocator-friendly (below glibc's 32 MiB mmap
+# threshold, no fresh pages per call). Depth-5 vanilla CNTK of 32 x 32 images, n = 256, one
+# process, quiet 2 cores: tile 32 took 900 ms in float64 and 470 ms in float32, one 256-tile
+# 1428 and 854 ms, tiles of 24, 40 and 64 in between (benchmarks/conv_kernel.py setting)
+SAME_POSITION_TILE_MAX = 32
 # largest tile side for pixel pairs when the fused pass reduces them to scalars (GAP readout)
 PIXEL_PAIR_TILE_MAX = 64
 
@@ -151,7 +158,8 @@ def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
     h, w = x.shape[-2:]
     if kind == "same_position":
         per_pair = h * w * x.element_size() * EAGER_TENSORS_PER_PAIR
-        return max(1, min(1024, int(math.sqrt(options.memory_budget / per_pair))))
+        cap = SAME_POSITION_TILE_MAX if x.device.type == "cpu" else 1024
+        return max(1, min(cap, int(math.sqrt(options.memory_budget / per_pair))))
     layers = list(arch.layers)
     own = torch.zeros(1, dtype=torch.int64, device=x.device)
     v = pixel_variances(x[:1])
