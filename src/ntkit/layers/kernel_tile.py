@@ -30,6 +30,7 @@ import torch
 
 from .._inputs import as_input_pair
 from ..engine.options import KernelOptions
+from ..engine.run import compute_tiles
 from . import conv_native
 from ..engine.scale import (SCALE_KEY, in_true_units, safe_log2_bounds, scale_key,
                             variance_log2_range)
@@ -55,13 +56,13 @@ FUSED_TENSORS_PER_PAIR = 4
 # padded single-pair buffers live at once in a pair_program (input, S and T of a branch and of
 # a running residual sum, intermediates): a fixed cost of a tile
 PROGRAM_BUFFERS = 10
-# largest tile side of the same-position regime on CPU: the diagonal tiles compute both
-# triangles, so smaller tiles do less work, until the per-tile overhead wins; and a tile's
-# (r, r, H+2, W+2) buffers stay cache- and allocator-friendly (below glibc's 32 MiB mmap
-# threshold, no fresh pages per call). Depth-5 vanilla CNTK of 32 x 32 images, n = 256, one
-# process, quiet 2 cores: tile 32 took 900 ms in float64 and 470 ms in float32, one 256-tile
-# 1428 and 854 ms, tiles of 24, 40 and 64 in between (benchmarks/conv_kernel.py setting)
-SAME_POSITION_TILE_MAX = 32
+# sub-block side of a same-position tile on CPU (``_same_position_tile``): a diagonal block
+# computes both triangles, so smaller blocks do less work, until the per-block overhead wins;
+# and a block's (r, r, H+2, W+2) buffers stay cache- and allocator-friendly (below glibc's
+# 32 MiB mmap threshold: no fresh pages per call). Depth-5 vanilla CNTK of 32 x 32 images,
+# n = 256, quiet 2 cores: blocks of 32 took 900 ms in float64 and 470 ms in float32, one
+# 256-block 1428 and 854 ms, blocks of 24, 40 and 64 in between
+SAME_POSITION_BLOCK = 32
 # largest tile side for pixel pairs when the fused pass reduces them to scalars (GAP readout)
 PIXEL_PAIR_TILE_MAX = 64
 
@@ -158,8 +159,7 @@ def tile_side(arch, x: torch.Tensor, options: KernelOptions) -> int:
     h, w = x.shape[-2:]
     if kind == "same_position":
         per_pair = h * w * x.element_size() * EAGER_TENSORS_PER_PAIR
-        cap = SAME_POSITION_TILE_MAX if x.device.type == "cpu" else 1024
-        return max(1, min(cap, int(math.sqrt(options.memory_budget / per_pair))))
+        return max(1, min(1024, int(math.sqrt(options.memory_budget / per_pair))))
     layers = list(arch.layers)
     own = torch.zeros(1, dtype=torch.int64, device=x.device)
     v = pixel_variances(x[:1])
@@ -388,6 +388,38 @@ def _refine_near_images(arch, a, b, cov, ntk, want_ntk, kind, options, scale) ->
 
 
 def _same_position_tile(arch, a, b, want_ntk, options):
+    """(cov, ntk or None, scales) of a same-position tile. On CPU a tile wider than
+    ``SAME_POSITION_BLOCK`` is computed as blocks of that side through the engine
+    (``compute_tiles``: on the diagonal the upper triangle only, mirrored; the blocks brought
+    to a common scale); elsewhere as one block. Deterministic for a given tile."""
+    rows = a.shape[0]
+    cols = rows if b is None else b.shape[0]
+    if a.device.type != "cpu" or max(rows, cols) <= SAME_POSITION_BLOCK:
+        return _same_position_block(arch, a, b, want_ntk, options)
+
+    def block(sa, sb, opts):
+        cov, ntk, (e_cov, e_ntk) = _same_position_block(arch, sa, sb, want_ntk, opts)
+        out = {"nngp": cov, SCALE_KEY: torch.tensor(e_cov, dtype=torch.int64)}
+        if ntk is not None:
+            out["ntk"] = ntk
+            out[scale_key("ntk")] = torch.tensor(e_ntk, dtype=torch.int64)
+        return out
+
+    out = compute_tiles(block, a, b, _even_side(rows), _even_side(cols), options=options)
+    e_cov = int(out[SCALE_KEY])
+    ntk = out.get("ntk")
+    e_ntk = int(out[scale_key("ntk")]) if ntk is not None else e_cov
+    return out["nngp"], ntk, (e_cov, e_ntk)
+
+
+def _even_side(n: int) -> int:
+    """The side of ceil(n / SAME_POSITION_BLOCK) blocks of nearly equal size covering n (no
+    small remainder block: 114 rows are 4 blocks of 29, not 3 of 32 and one of 18)."""
+    count = -(-n // SAME_POSITION_BLOCK)
+    return -(-n // count)
+
+
+def _same_position_block(arch, a, b, want_ntk, options):
     state = same_position_state(a, b)
     state.track_ntk = want_ntk
     out = run_layers(list(arch.layers), state, options)
