@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import attention
-from ._batch import Batch, batch_len
+from ._batch import Batch, batch_len, tree_map
 from ._model import ModelFunction
 from .jacobian import JacobianContraction, contract_jacobians
 from .registry import AttentionRule, ElementwiseRule, LinearRule, Rule, rule_for
@@ -178,6 +178,9 @@ class StructuredDerivatives:
                     c.module.forward = attention_forward(c)
                 else:
                     handles.append(c.module.register_forward_hook(hook, with_kwargs=True))
+            if any(isinstance(c.rule, LinearRule) and c.rule.channels_last
+                   for c in self.covered):
+                x = tree_map(_channels_last, x)
             with torch.enable_grad():
                 out = fn.batched(fn.params, x)
         finally:
@@ -240,6 +243,14 @@ def _batch_axis(module: nn.Module, u, output, n: int, hint: int) -> int:
     raise LayoutError(f"structured derivatives: {type(module).__name__} receives input {shape} "
                       f"and returns {tuple(output.shape)}, with no batch dimension of size {n} "
                       f"in dimension 0 or 1")
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 4-d floating input in channels-last memory format (the same values; see
+    ``registry.LinearRule.channels_last``); other leaves unchanged."""
+    if t.ndim == 4 and t.is_floating_point():
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 def _join(parts: List[torch.Tensor], dim: int) -> torch.Tensor:
