@@ -98,7 +98,12 @@ def test_structured_feature_count_by_hand():
     """Dense layer (T = 1, a = 5, o = 7), conv layer (T = 25, a = 18, o = 3; plus its per-example
     weight gradients), an embedding (T = 4 ids, o = 6), a LayerNorm of 24 gradient numbers,
     10 parameters left to Jacobians; k = 2 outputs."""
-    p = cost.Profile(0.0, [(1, 5, 7, True, False), (25, 18, 3, True, False),
-                           (4, 1, 6, False, True)], [24], left=10)
-    expected = (5 + 2 * 7) + (25 * 18 + 2 * 25 * 3 + 2 * 3 * 18) + (4 + 2 * 4 * 6) + 2 * 24 + 2 * 10
-    assert p.structured_numbers(2) == expected
+    layers = [(1, 5, 7, True, False), (25, 18, 3, True, False), (4, 1, 6, False, True)]
+    p = cost.Profile(0.0, layers, [24], left=10)
+    expected = (5 + 2 * 7) + (25 * 18 + 2 * 25 * 3) + (4 + 2 * 4 * 6) + 2 * 24 + 2 * 10
+    transient = 25 * 18 + 2 * 3 * 18  # the conv's patches and weight gradients while contracted
+    assert p.structured_numbers(2) == expected + transient
+    # the conv keeps its 2 x 7 x 7 input instead of its 25 x 18 patches
+    kept = cost.Profile(0.0, layers, [24], left=10, inputs=[5, 2 * 7 * 7, 4])
+    assert kept.structured_numbers(2) == expected - 25 * 18 + 2 * 7 * 7 + transient
+    assert p.largest_cotangent(2) == 2 * 25 * 3

@@ -28,6 +28,13 @@ def test_block_size_is_the_largest_that_fits():
 
         best = max([b for b in range(1, n + 1) if fits(b)], default=1)
         assert memory.block_size(feat, trans, tile, budget, n) == best
+        # x2=None: one block of all n holding its features `copies` times, when that fits
+        for copies in (1.0, 2.0):
+            whole = n * (copies * feat + trans) + n * n * tile <= budget
+            assert memory.block_size(feat, trans, tile, budget, n, copies) == (
+                n if whole else best)
+    assert memory.block_size(1e6, 0, 4, 10 ** 8 + 4 * 10 ** 4, 100, 1.0) == 100  # 3F: 33
+    assert memory.block_size(1e6, 0, 4, 10 ** 8 + 4 * 10 ** 4, 100) == 33
 
 
 def test_default_budget_is_capped():

@@ -132,8 +132,14 @@ def block_for(req: Request, options: TileOptions) -> int:
     itemsize = torch.empty((), dtype=fn.dtype).element_size()
     tile = (fn.k * fn.k if options.full else fn.k) * itemsize
     transient = (1 + fn.k) * fn.activation_bytes
+    structured = options.implementation == "structured"
+    if structured and not req.profile.left:  # activations once; the backward's cotangents
+        transient = fn.activation_bytes + 2 * req.profile.largest_cotangent(fn.k) * itemsize
+    # one block for x2=None: structured features (autograd's outputs) exist once, Jacobians
+    # once more while stacked
+    whole = None if req.x2 is not None else 1.0 if structured else 2.0
     return memory.block_size(feature_bytes(req, options), transient, tile, req.budget,
-                             max(req.sizes))
+                             max(req.sizes), whole)
 
 
 def next_options(req: Request, options: TileOptions, exc: Exception, requested: str,

@@ -70,27 +70,40 @@ class _FlopCount(TorchDispatchMode):
 
 @dataclass
 class Profile:
-    """One example's forward multiply-adds and its structured layers (T, a, o, bias, gram)."""
+    """One example's forward multiply-adds and its structured layers (T, a, o, bias, gram);
+    ``inputs``: per layer the numbers its features keep of the input (a convolution keeps its
+    input, unfolded to T·a patch numbers only while contracted; empty: T·a for every layer)."""
 
     forward: float
     layers: List[Tuple[int, int, int, bool, bool]] = field(default_factory=list)
     elementwise: List[int] = field(default_factory=list)
     left: int = 0  # parameters left to Jacobians by the structured rules
+    inputs: List[int] = field(default_factory=list)
 
     def structured_numbers(self, k: int) -> float:
-        """Numbers the structured features of one example hold: per layer the inputs T·a
-        (token ids: T) and cotangents k·T·o, and k·o·a for the per-example weight gradients of
-        layers with T > 1 (formed in the contraction); k·D per elementwise layer; k·P_g."""
+        """Numbers the structured features of one example hold: per layer its kept inputs
+        (``inputs``; token ids: T) and cotangents k·T·o; k·D per elementwise layer; k·P_g; plus
+        what the contraction of the largest layer with T > 1 forms at once: its patches T·a
+        and per-example weight gradients k·o·a."""
         total = float(k * self.left + sum(k * d for d in self.elementwise))
-        for t, a, o, _, gram in self.layers:
-            total += t * a + k * t * o + (k * o * a if t > 1 and not gram else 0)
-        return total
+        kept = self.inputs or [t * a for t, a, _, _, _ in self.layers]
+        transient = 0
+        for (t, a, o, _, gram), held in zip(self.layers, kept):
+            total += held + k * t * o
+            if t > 1 and not gram:
+                transient = max(transient, t * a + k * o * a)
+        return total + transient
+
+    def largest_cotangent(self, k: int) -> int:
+        """k·T·o of the layer with the most output numbers (0 without layers)."""
+        return max((k * t * o for t, _, o, _, _ in self.layers), default=0)
 
 
 def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profile:
     """Profile the first example of x (see the module docstring)."""
     one = take(x, 0, 1)
     shapes: List[Tuple[int, int, int, bool, bool]] = []
+    inputs: List[int] = []
     elementwise: List[int] = []
     covered = {id(c.module): c for c in rules.covered}
 
@@ -102,12 +115,14 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profil
             o = c.rule.outputs(output.unsqueeze(0)).shape[-1]
             gram = c.rule.input_gram is not None
             shapes.append((t, 1 if gram else a, o, "bias" in c.names, gram))
+            inputs.append(u.numel() if c.rule.channels_last else t * (1 if gram else a))
         elif isinstance(c.rule, ElementwiseRule):
             elementwise.append(2 * int(c.rule.outputs(output.unsqueeze(0)).shape[-1]))
         elif isinstance(c.rule, AttentionRule) and isinstance(u, torch.Tensor):
             length, e = u.numel() // u.shape[-1], u.shape[-1]
             bias = any(b in c.names for _, b in attention.parameter_roles(module).values() if b)
             shapes.extend([(length, e, 3 * e, bias, False), (length, e, e, bias, False)])
+            inputs.extend([length * e, length * e])
 
     handles = [c.module.register_forward_hook(hook) for c in rules.covered]
     try:
@@ -118,7 +133,7 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profil
         for h in handles:
             h.remove()
     left = sum(fn.params[n].numel() for n in rules.leftover)
-    return Profile(counter.flops / 2.0, shapes, elementwise, left)
+    return Profile(counter.flops / 2.0, shapes, elementwise, left, inputs)
 
 
 #: relative time per multiply-add. ``benchmarks/empirical_ntk.py --calibrate`` (one thread; a
