@@ -107,3 +107,20 @@ def test_structured_feature_count_by_hand():
     kept = cost.Profile(0.0, layers, [24], left=10, inputs=[5, 2 * 7 * 7, 4])
     assert kept.structured_numbers(2) == expected - 25 * 18 + 2 * 7 * 7 + transient
     assert p.largest_cotangent(2) == 2 * 25 * 3
+
+
+def test_traffic_formulas_by_hand():
+    """Numbers moved (cost.traffic), hand-counted: a dense layer (T = 1, a = 5, o = 7), a conv
+    layer (T = 25, a = 18, o = 3) and a token embedding (T = 4 ids, o = 6, Gram form),
+    4 parameters left to Jacobians, an elementwise layer of 24 numbers; k = 2, "trace"
+    (k' = 2), N = 10 examples, 30 pairs, P = 500."""
+    p = cost.Profile(0.0, [(1, 5, 7, True, False), (25, 18, 3, False, False),
+                           (4, 1, 6, False, True)], [24], left=4)
+    t = cost.traffic(p, 500, 2, examples=10, pairs=30, full=False)
+    assert t["jacobian"] == t["ntvp"] == 2 * 10 * 2 * 500
+    dense = 10 * (5 + 2 * 7) + 2 * 30
+    # conv: Gram 30·625·(18 + 6) = 450,000 multiply-adds against gradients 2·10·25·3·18 +
+    # 30·2·3·18 = 30,240: the gradient form, whose numbers are read and formed
+    conv = 10 * 25 * (18 + 2 * 3) + 2 * 10 * 2 * 3 * 18
+    tokens = 2 * 30 * 16 * (2 + 4 * 2)
+    assert t["structured"] == dense + conv + tokens + 10 * 2 * 24 + 2 * 10 * 2 * 4

@@ -72,9 +72,10 @@ class Request:
         return n1, n1 if self.x2 is None else batch_len(self.x2)
 
 
-def predicted_costs(req: Request, structured: bool = True) -> Dict[str, float]:
-    """Multiply-adds of each implementation (``cost``), with the recomputation of column
-    features that blocks smaller than the inputs imply."""
+def predicted_costs(req: Request, structured: bool = True, what=None) -> Dict[str, float]:
+    """Multiply-adds of each implementation (``cost.costs``; ``what=cost.traffic``: the numbers
+    moved), with the recomputation of column features that blocks smaller than the inputs
+    imply."""
     n1, n2 = req.sizes
     prof = req.profile
     pairs = n1 * (n1 + 1) / 2 if req.x2 is None else n1 * n2
@@ -84,20 +85,30 @@ def predicted_costs(req: Request, structured: bool = True) -> Dict[str, float]:
         blocks = -(-n1 // block)
         # each row block recomputes the features of the column blocks it meets
         examples = n1 + (n1 * (blocks - 1) / 2 if req.x2 is None else n2 * blocks)
-        out[name] = cost.costs(prof, req.fn.n_params, req.fn.k, examples, pairs,
-                               req.full)[name]
+        out[name] = (what or cost.costs)(prof, req.fn.n_params, req.fn.k, examples, pairs,
+                                         req.full)[name]
     return out
+
+
+def predicted_times(req: Request, structured: bool = True) -> Dict[str, float]:
+    """Relative predicted time of each implementation: multiply-adds weighted by
+    ``cost.SECONDS_PER_MAC`` plus numbers moved (``cost.traffic``) weighted by
+    ``cost.SECONDS_PER_NUMBER``."""
+    macs = predicted_costs(req, structured)
+    moved = predicted_costs(req, structured, cost.traffic)
+    return {name: macs[name] * cost.SECONDS_PER_MAC[name] + moved[name] * cost.SECONDS_PER_NUMBER
+            for name in macs}
 
 
 def choose(req: Request, implementation: str, structured: bool = True) -> str:
     """The implementation name for ``implementation``; "auto": the least predicted time
-    (multiply-adds weighted by ``cost.SECONDS_PER_MAC``) among the implementations that apply
-    (structured: modules with rules hold at least one parameter)."""
+    (``predicted_times``) among the implementations that apply (structured: modules with
+    rules hold at least one parameter)."""
     if implementation != "auto":
         return implementation
     structured = structured and bool(req.rules.covered)
-    c = predicted_costs(req, structured)
-    return min(c, key=lambda name: c[name] * cost.SECONDS_PER_MAC[name])
+    t = predicted_times(req, structured)
+    return min(t, key=t.get)
 
 
 def tensor_bytes(tree: Any) -> int:

@@ -164,13 +164,66 @@ def costs(p: Profile, n_params: int, k: int, examples: float, pairs: float,
     for t, a, o, bias, gram in p.layers:
         if t == 1:
             layers += pairs * (a + kk * o)
-        elif gram:
-            layers += pairs * t * t * (a + kk * o)
         else:
-            layers += min(pairs * t * t * (a + kk * o), k * examples * t * o * a + pairs * kk * o * a)
+            layers += min(_layer_forms(t, a, o, gram, k, kk, examples, pairs))
         layers += pairs * kk * o if bias else 0.0
     layers += sum(pairs * kk * d for d in p.elementwise)
     leftover = (passes + pairs * kk * p.left) if p.left else 0.0
     return {"jacobian": passes + pairs * kk * n_params,
             "ntvp": passes + 3.0 * k * pairs * p.forward,
             "structured": passes + layers + leftover}
+
+
+def _layer_forms(t: int, a: int, o: int, gram: bool, k: int, kk: int, examples: float,
+                 pairs: float) -> Tuple[float, float]:
+    """Multiply-adds of a layer with T > 1 in the Gram-of-Grams form and in the per-example
+    weight-gradient form (inf where that form does not apply: token Grams)."""
+    gram_form = pairs * t * t * (a + kk * o)
+    grad_form = float("inf") if gram else k * examples * t * o * a + pairs * kk * o * a
+    return gram_form, grad_form
+
+
+#: relative time per number written to memory and read back (``traffic``), in units of the
+#: structured time per multiply-add: ~20, as one float (4 bytes) moved at the ~8 GB/s of one core
+#: against ~40 G multiply-adds/s of float32 matrix products. ``benchmarks/empirical_ntk.py
+#: --calibrate --repeats 3`` (one thread, 11 cases with the transformer at 100 sequences, quiet
+#: window 23:57-00:02 UTC at load 1-3, loose): "auto" picked the fastest in 8 of 11 and was at
+#: most 1.15x slower (transformer at 10 sequences 1.15x, LSTM at 100 1.14x, Myrtle-5 of width 16
+#: on 20 images 1.10x, each within 15% of the pick); the transformers at 60 and 100 sequences,
+#: which multiply-adds alone sent to structured derivatives (1.09x and 1.17x slower there), now
+#: go to Jacobian contraction: their token Gram moves 2·n²·T² numbers for 1 multiply-add each.
+SECONDS_PER_NUMBER = 20.0
+
+
+def traffic(p: Profile, n_params: int, k: int, examples: float, pairs: float,
+            full: bool) -> Dict[str, float]:
+    """Numbers each implementation writes to memory and reads back, beyond its passes (whose
+    traffic all three share), for the same ``examples`` and ``pairs`` as ``costs``:
+
+    jacobian, ntvp   2·N·k·P            per-example Jacobians (ntvp: the rows of x1) formed,
+                                        then read by the contraction
+    structured       per layer: T = 1: N·(a + k·o) inputs and cotangents + 2·pairs Grams;
+                     Gram-of-Grams form (T > 1; token Grams): 2·pairs·T²·(2 + 4k') (the
+                     input Gram formed and converted; per output pair the cotangent Gram
+                     formed, multiplied and summed over strided positions; on the whole square
+                     of a symmetric block, ~2·pairs); per-example weight-gradient form:
+                     N·T·(a + k·o) read + 2·N·k·o·a formed and read back;
+                     elementwise layers N·k·D; parameters left to Jacobians 2·N·k·P_g.
+
+    The Gram form moves T² numbers per pair where it does ~T²·(a + k'·o) multiply-adds, so for
+    token Grams (a = 1) and short sequences it is memory-bound; the same holds for per-example
+    weight gradients over few positions (T multiply-adds per number formed)."""
+    kk = k * k if full else k
+    jac = 2.0 * examples * k * n_params
+    moved = 2.0 * examples * k * p.left
+    for t, a, o, _, gram in p.layers:
+        if t == 1:
+            moved += examples * (a + k * o) + 2.0 * pairs
+            continue
+        gram_form, grad_form = _layer_forms(t, a, o, gram, k, kk, examples, pairs)
+        if gram_form <= grad_form:
+            moved += 2.0 * pairs * t * t * (2 + 4 * kk)
+        else:
+            moved += examples * t * (a + k * o) + 2.0 * examples * k * o * a
+    moved += sum(examples * k * d for d in p.elementwise)
+    return {"jacobian": jac, "ntvp": jac, "structured": moved}
