@@ -124,3 +124,38 @@ def test_traffic_formulas_by_hand():
     conv = 10 * 25 * (18 + 2 * 3) + 2 * 10 * 2 * 3 * 18
     tokens = 2 * 30 * 16 * (2 + 4 * 2)
     assert t["structured"] == dense + conv + tokens + 10 * 2 * 24 + 2 * 10 * 2 * 4
+
+
+def test_shapes_only_profile_and_the_choice_without_flops():
+    """count_flops=False: forward = Σ T·a·o of the covered maps, by hand (Linear(6, 5) on flat
+    inputs, Conv2d(2, 3, 3) on 4x4 'same': T = 16, a = 18, o = 3), the rest as counted. The
+    shortcut of ``choose`` (structured derivatives without flop counting) must give the choice
+    the full prediction gives, over models and modes where it applies and where it does not."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+    fn = ModelFunction(dense)
+    t1, _ = fn.inputs(torch.randn(4, 6), None)
+    rules = StructuredDerivatives(fn)
+    full, shapes = cost.profile(fn, t1, rules), cost.profile(fn, t1, rules, count_flops=False)
+    assert shapes.forward == 6 * 5 + 5 * 2 and full.forward == 6 * 5 + 5 * 2
+    assert shapes.layers == full.layers and shapes.inputs == full.inputs
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(48, 2))
+    p = profile_of(conv, torch.randn(2, 2, 4, 4))
+    fn = ModelFunction(conv)
+    t1, _ = fn.inputs(torch.randn(2, 2, 4, 4), None)
+    q = cost.profile(fn, t1, StructuredDerivatives(fn), count_flops=False)
+    assert q.forward == 16 * 18 * 3 + 48 * 2 and p.forward == q.forward  # ReLU counts nothing
+
+    from ntkit.empirical.auto import Request, choose, predicted_times
+    for model, x in [(dense, torch.randn(30, 6)), (conv, torch.randn(3, 2, 4, 4)),
+                     (Bilinear(), torch.randn(5, 64)),
+                     (nn.Sequential(nn.Linear(1, 40), nn.Tanh(), nn.Linear(40, 12)),
+                      torch.randn(2, 1))]:
+        for full_mode in (False, True):
+            fn = ModelFunction(model)
+            t1, _ = fn.inputs(x, None)
+            picked = choose(Request(fn, t1, None, full_mode, 2 ** 30), "auto")  # fresh: shapes
+            req = Request(fn, t1, None, full_mode, 2 ** 30)
+            t = predicted_times(req, bool(req.rules.covered))
+            assert picked == min(t, key=t.get)

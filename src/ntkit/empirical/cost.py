@@ -22,6 +22,7 @@ measured times by ``benchmarks/empirical_ntk.py`` ("cost_model_gmacs", "auto_is_
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
@@ -99,8 +100,11 @@ class Profile:
         return max((k * t * o for t, _, o, _, _ in self.layers), default=0)
 
 
-def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profile:
-    """Profile the first example of x (see the module docstring)."""
+def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives,
+            count_flops: bool = True) -> Profile:
+    """Profile the first example of x (see the module docstring). ``count_flops=False`` skips
+    torch's flop formulas (a Python call per operator) and gives as ``forward`` the lower
+    bound Σ T·a·o, the multiply-adds of the covered linear maps alone."""
     one = take(x, 0, 1)
     shapes: List[Tuple[int, int, int, bool, bool]] = []
     inputs: List[int] = []
@@ -125,15 +129,17 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives) -> Profil
             inputs.extend([length * e, length * e])
 
     handles = [c.module.register_forward_hook(hook) for c in rules.covered]
+    counter = _FlopCount()
     try:
-        counter = _FlopCount()
-        with torch.no_grad(), counter:
+        with torch.no_grad(), counter if count_flops else contextlib.nullcontext():
             fn.call(fn.params, one)
     finally:
         for h in handles:
             h.remove()
     left = sum(fn.params[n].numel() for n in rules.leftover)
-    return Profile(counter.flops / 2.0, shapes, elementwise, left, inputs)
+    forward = counter.flops / 2.0 if count_flops else float(
+        sum(t * a * o for t, a, o, _, gram in shapes if not gram))
+    return Profile(forward, shapes, elementwise, left, inputs)
 
 
 #: relative time per multiply-add. ``benchmarks/empirical_ntk.py --calibrate`` (one thread; a

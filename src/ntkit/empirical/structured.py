@@ -353,11 +353,13 @@ def layer_kernel(a: _LayerFeatures, b: _LayerFeatures, same: bool, full: bool) -
         cost_grad = k * (na * T + nb * S) * o * dim_in + na * nb * kk * o * dim_in
         ua = a.patches()
         ub = ua if same else b.patches()
-        if T == 1 and S == 1:
-            ku = _input_gram(a, ua, ub, 0, na).to(a.g.dtype)
+        if T == 1 and S == 1:  # (s_w² U Uᵀ + s_b²) ∘ G Gᵀ: the bias shares the cotangent Gram
+            ku = _input_gram(a, ua, ub, 0, na).to(a.g.dtype).mul_(a.weight_scale2)
+            if a.bias_scale2:
+                ku.add_(a.bias_scale2)
             kg = contract_jacobians(a.g[:, :, 0].transpose(0, 1), b.g[:, :, 0].transpose(0, 1), full)
-            result = kg.mul_(ku[:, :, None, None] if full else ku[:, :, None])
-        elif a.input_gram is not None or cost_gram <= cost_grad:
+            return kg.mul_(ku[:, :, None, None] if full else ku[:, :, None])
+        if a.input_gram is not None or cost_gram <= cost_grad:
             result = _gram_of_grams(a, b, full, ua, ub)
         else:
             wa = _per_example_weight_grad(a, ua)
