@@ -17,8 +17,10 @@ T = S = 1: pairs·(a + k'·o); otherwise min(pairs·T²·(a + k'·o), k·N·T·o
 (Gram of Grams, or per-example weight gradients)
 (embeddings: the first, with a = 1), plus pairs·k'·o for a bias; elementwise-affine layers
 pairs·k'·D. One forward and k backward passes cost about (1 + 2k)·F. The automatic choice
-weighs these counts by ``SECONDS_PER_MAC`` (measured throughput) and is checked against
-measured times by ``benchmarks/empirical_ntk.py`` ("cost_model_gmacs", "auto_is_fastest").
+weighs these counts by ``SECONDS_PER_MAC`` (measured throughput) and adds the numbers each
+implementation writes and reads back (``traffic``) weighted by ``SECONDS_PER_NUMBER``; it is
+checked against measured times by ``benchmarks/empirical_ntk.py`` ("cost_model_gmacs",
+"auto_is_fastest", and ``--calibrate``).
 """
 from __future__ import annotations
 
