@@ -189,6 +189,7 @@ CALIBRATION = {
     "cnn_n20": ("cnn", {"n": 20}), "cnn_n100": ("cnn", {"n": 100}),
     "myrtle_w16_n20": ("myrtle", {"width": 16, "n": 20}),
     "transformer_n10": ("transformer", {"n": 10}), "transformer_n60": ("transformer", {"n": 60}),
+    "transformer_n100": ("transformer", {"n": 100}),
     "lstm_n20": ("lstm", {"n": 20}), "lstm_n100": ("lstm", {"n": 100}),
 }
 LSTM = {"kind": "lstm", "d": 16, "hidden": 64, "length": 12, "out": 1, "n": 20}
@@ -204,7 +205,7 @@ def calibration_worker(args):
     import ntkit as nk
     from ntkit.empirical import VmapFallbackWarning, cost
     from ntkit.empirical._model import ModelFunction
-    from ntkit.empirical.auto import Request, choose, predicted_costs
+    from ntkit.empirical.auto import Request, choose, predicted_costs, predicted_times
     from ntkit.empirical.memory import default_budget
 
     base, change = CALIBRATION[args.case]
@@ -215,6 +216,9 @@ def calibration_worker(args):
     t1, _ = fn.inputs(x, None)
     req = Request(fn, t1, None, False, default_budget())
     gmacs = {k: v / 1e9 for k, v in predicted_costs(req, bool(req.rules.covered)).items()}
+    moved = {k: v / 1e9 for k, v in predicted_costs(req, bool(req.rules.covered),
+                                                     cost.traffic).items()}
+    weighted = {k: v / 1e9 for k, v in predicted_times(req, bool(req.rules.covered)).items()}
     impls = list(gmacs)
     times = {i: [] for i in impls}
     with warnings.catch_warnings():
@@ -230,7 +234,7 @@ def calibration_worker(args):
     fastest = min(ms, key=ms.get)
     print(json.dumps({
         "n_params": fn.n_params, "n": spec["n"], "predicted_gmacs": gmacs,
-        "predicted_weighted": {i: gmacs[i] * cost.SECONDS_PER_MAC[i] for i in impls},
+        "predicted_g_numbers_moved": moved, "predicted_weighted": weighted,
         "measured_ms": ms, "ms_per_gmac": {i: ms[i] / gmacs[i] for i in impls},
         "auto_picks": chosen, "fastest_measured": fastest,
         "auto_slowdown": ms[chosen] / ms[fastest]}))
@@ -249,6 +253,7 @@ def calibrate(args):
              if c]
     result = {"threads": args.threads, "repeats": args.repeats,
               "seconds_per_mac_in_library": cost.SECONDS_PER_MAC,
+              "seconds_per_number_in_library": cost.SECONDS_PER_NUMBER,
               "load_average_1min_at_start": os.getloadavg()[0], "cases": {}}
     for name in names:
         proc = subprocess.run([sys.executable, __file__, "--calibrate-worker", "--case", name,

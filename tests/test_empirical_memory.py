@@ -28,6 +28,13 @@ def test_block_size_is_the_largest_that_fits():
 
         best = max([b for b in range(1, n + 1) if fits(b)], default=1)
         assert memory.block_size(feat, trans, tile, budget, n) == best
+        # x2=None: one block of all n holding its features `copies` times, when that fits
+        for copies in (1.0, 2.0):
+            whole = n * (copies * feat + trans) + n * n * tile <= budget
+            assert memory.block_size(feat, trans, tile, budget, n, copies) == (
+                n if whole else best)
+    assert memory.block_size(1e6, 0, 4, 10 ** 8 + 4 * 10 ** 4, 100, 1.0) == 100  # 3F: 33
+    assert memory.block_size(1e6, 0, 4, 10 ** 8 + 4 * 10 ** 4, 100) == 33
 
 
 def test_default_budget_is_capped():
@@ -99,3 +106,46 @@ def test_a_kernel_larger_than_memory_is_refused_before_any_work():
     x = torch.zeros(1, 2).expand(10 ** 6, 2)  # 10^12 x 10^4 entries in "full" mode
     with pytest.raises(MemoryError, match="the kernel itself needs"):
         empirical_ntk(model, x, mode="full")
+
+
+CONV_SCRIPT = r"""
+import json, resource, sys, torch
+from torch import nn
+sys.path.insert(0, sys.argv[1])
+from ntkit.empirical import empirical_ntk
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                      nn.ReLU(), nn.Flatten(), nn.Linear(32 * 16 * 16, 10))
+x = torch.randn(300, 3, 16, 16)
+with open("/proc/self/statm") as f:
+    base = int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+k = empirical_ntk(model, x, implementation="structured", memory_budget=64 * 2 ** 20, threads=1,
+                  progress=False)
+with open("/proc/self/status") as f:
+    peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM")][0]
+def grads(i):  # (10, P): per-output gradients of example i by autograd
+    rows = []
+    for c in range(10):
+        model.zero_grad()
+        model(x[i:i + 1])[0, c].backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    return torch.stack(rows)
+pairs = [(0, 0), (3, 150), (299, 7)]
+ref = [float((grads(i) * grads(j)).sum(1).mean()) for i, j in pairs]
+got = [float(k[i, j]) for i, j in pairs]
+print(json.dumps({"base": base, "peak": peak, "ref": ref, "got": got}))
+"""
+
+
+def test_blocked_structured_conv_peak_memory_in_a_fresh_process():
+    """Structured derivatives of a CNN (10 outputs) on 300 images: kept features ~1.4 MB per
+    example, ~400 MB for one block of all; with a 64 MB budget the call must stay within 200 MB
+    above the memory before it (blocks sized by the structured memory model; 3x slack as above)."""
+    proc = subprocess.run([sys.executable, "-c", CONV_SCRIPT, str(ROOT / "src")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["peak"] - res["base"] < 200, (res, proc.stderr[-3000:])
+    for g, r in zip(res["got"], res["ref"]):
+        assert math.isclose(g, r, rel_tol=1e-4), (g, r)

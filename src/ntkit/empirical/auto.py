@@ -58,6 +58,7 @@ class Request:
         if self.rules is None:
             self.rules = StructuredDerivatives(self.fn)
         self._profile: Optional[cost.Profile] = None
+        self._shapes: Optional[cost.Profile] = None
 
     @property
     def profile(self) -> cost.Profile:
@@ -67,16 +68,28 @@ class Request:
         return self._profile
 
     @property
+    def shapes(self) -> cost.Profile:
+        """The profile without flop counting (its ``forward`` a lower bound; the layer shapes
+        the memory model needs), unless the full one is at hand."""
+        if self._profile is not None:
+            return self._profile
+        if self._shapes is None:
+            self._shapes = cost.profile(self.fn, self.x1, self.rules, count_flops=False)
+        return self._shapes
+
+    @property
     def sizes(self) -> Tuple[int, int]:
         n1 = batch_len(self.x1)
         return n1, n1 if self.x2 is None else batch_len(self.x2)
 
 
-def predicted_costs(req: Request, structured: bool = True) -> Dict[str, float]:
-    """Multiply-adds of each implementation (``cost``), with the recomputation of column
-    features that blocks smaller than the inputs imply."""
+def predicted_costs(req: Request, structured: bool = True, what=None,
+                    prof: Optional[cost.Profile] = None) -> Dict[str, float]:
+    """Multiply-adds of each implementation (``cost.costs``; ``what=cost.traffic``: the numbers
+    moved), with the recomputation of column features that blocks smaller than the inputs
+    imply; ``prof``: this profile instead of ``req.profile``."""
     n1, n2 = req.sizes
-    prof = req.profile
+    prof = req.profile if prof is None else prof
     pairs = n1 * (n1 + 1) / 2 if req.x2 is None else n1 * n2
     out = {}
     for name in ("jacobian", "ntvp", "structured") if structured else ("jacobian", "ntvp"):
@@ -84,20 +97,51 @@ def predicted_costs(req: Request, structured: bool = True) -> Dict[str, float]:
         blocks = -(-n1 // block)
         # each row block recomputes the features of the column blocks it meets
         examples = n1 + (n1 * (blocks - 1) / 2 if req.x2 is None else n2 * blocks)
-        out[name] = cost.costs(prof, req.fn.n_params, req.fn.k, examples, pairs,
-                               req.full)[name]
+        out[name] = (what or cost.costs)(prof, req.fn.n_params, req.fn.k, examples, pairs,
+                                         req.full)[name]
     return out
+
+
+def predicted_times(req: Request, structured: bool = True,
+                    prof: Optional[cost.Profile] = None) -> Dict[str, float]:
+    """Relative predicted time of each implementation: multiply-adds weighted by
+    ``cost.SECONDS_PER_MAC`` plus numbers moved (``cost.traffic``) weighted by
+    ``cost.SECONDS_PER_NUMBER``."""
+    macs = predicted_costs(req, structured, prof=prof)
+    moved = predicted_costs(req, structured, cost.traffic, prof)
+    return {name: macs[name] * cost.SECONDS_PER_MAC[name] + moved[name] * cost.SECONDS_PER_NUMBER
+            for name in macs}
 
 
 def choose(req: Request, implementation: str, structured: bool = True) -> str:
     """The implementation name for ``implementation``; "auto": the least predicted time
-    (multiply-adds weighted by ``cost.SECONDS_PER_MAC``) among the implementations that apply
-    (structured: modules with rules hold at least one parameter)."""
+    (``predicted_times``) among the implementations that apply (structured: modules with
+    rules hold at least one parameter)."""
     if implementation != "auto":
         return implementation
     structured = structured and bool(req.rules.covered)
-    c = predicted_costs(req, structured)
-    return min(c, key=lambda name: c[name] * cost.SECONDS_PER_MAC[name])
+    if structured and _structured_for_any_forward(req):
+        return "structured"
+    t = predicted_times(req, structured)
+    return min(t, key=t.get)
+
+
+def _structured_for_any_forward(req: Request) -> bool:
+    """Whether structured derivatives win whatever the forward pass costs, decided without
+    counting its flops: with no parameter left to Jacobians and one block for every
+    implementation, each prediction is (1 + 2k)·N·F weighted by ``cost.SECONDS_PER_MAC`` (plus
+    3k·pairs·F for ntvp) plus terms that do not depend on F, and structured derivatives have
+    the smallest weight, so if they win at the lower bound F = Σ T·a·o (``Request.shapes``)
+    they win at the true F."""
+    w = cost.SECONDS_PER_MAC
+    shapes = req.shapes
+    if shapes.left or any(w["structured"] > w[name] for name in w):
+        return False
+    n = max(req.sizes)
+    if any(block_for(req, TileOptions(name, req.full)) < n for name in w):
+        return False
+    t = predicted_times(req, True, shapes)
+    return min(t, key=t.get) == "structured"
 
 
 def tensor_bytes(tree: Any) -> int:
@@ -123,7 +167,7 @@ def feature_bytes(req: Request, options: TileOptions) -> float:
         return fn.k * fn.n_params * itemsize
     if options.implementation == "ntvp":
         return tensor_bytes(take(req.x1, 0, 1))
-    return req.profile.structured_numbers(fn.k) * itemsize
+    return req.shapes.structured_numbers(fn.k) * itemsize
 
 
 def block_for(req: Request, options: TileOptions) -> int:
@@ -132,8 +176,14 @@ def block_for(req: Request, options: TileOptions) -> int:
     itemsize = torch.empty((), dtype=fn.dtype).element_size()
     tile = (fn.k * fn.k if options.full else fn.k) * itemsize
     transient = (1 + fn.k) * fn.activation_bytes
+    structured = options.implementation == "structured"
+    if structured and not req.shapes.left:  # activations once; the backward's cotangents
+        transient = fn.activation_bytes + 2 * req.shapes.largest_cotangent(fn.k) * itemsize
+    # one block for x2=None: structured features (autograd's outputs) exist once, Jacobians
+    # once more while stacked
+    whole = None if req.x2 is not None else 1.0 if structured else 2.0
     return memory.block_size(feature_bytes(req, options), transient, tile, req.budget,
-                             max(req.sizes))
+                             max(req.sizes), whole)
 
 
 def next_options(req: Request, options: TileOptions, exc: Exception, requested: str,

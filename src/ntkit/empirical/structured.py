@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import attention
-from ._batch import Batch, batch_len
+from ._batch import Batch, batch_len, tree_map
 from ._model import ModelFunction
 from .jacobian import JacobianContraction, contract_jacobians
 from .registry import AttentionRule, ElementwiseRule, LinearRule, Rule, rule_for
@@ -59,11 +59,24 @@ class _Covered:
 
 @dataclass
 class _LayerFeatures:
-    u: torch.Tensor          # (n, T, a) layer inputs (patches; token ids for embeddings)
+    u: Optional[torch.Tensor]  # (n, T, a) layer inputs (patches; token ids for embeddings);
+                               # None: ``unfold()`` makes them from the kept module input
     g: torch.Tensor          # (k, n, T, o) output cotangents
     weight_scale2: float     # s_w² (0 when the weight is not differentiated)
     bias_scale2: float       # s_b² (0 when there is no differentiated bias)
     input_gram: Optional[Callable] = None  # replaces u_it · u_js (embeddings)
+    unfold: Optional[Callable[[], torch.Tensor]] = None
+    patch_size: int = 0      # a, when u is None
+
+    @property
+    def dim_in(self) -> int:
+        """a, the patch size."""
+        return self.u.shape[2] if self.u is not None else self.patch_size
+
+    def patches(self) -> torch.Tensor:
+        """u (n, T, a); a convolution's are unfolded anew on each call (only while contracted:
+        they are ~k_h·k_w times the input kept)."""
+        return self.u if self.u is not None else self.unfold()
 
 
 @dataclass
@@ -178,6 +191,9 @@ class StructuredDerivatives:
                     c.module.forward = attention_forward(c)
                 else:
                     handles.append(c.module.register_forward_hook(hook, with_kwargs=True))
+            if any(isinstance(c.rule, LinearRule) and c.rule.channels_last
+                   for c in self.covered):
+                x = tree_map(_channels_last, x)
             with torch.enable_grad():
                 out = fn.batched(fn.params, x)
         finally:
@@ -242,6 +258,14 @@ def _batch_axis(module: nn.Module, u, output, n: int, hint: int) -> int:
                       f"in dimension 0 or 1")
 
 
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 4-d floating input in channels-last memory format (the same values; see
+    ``registry.LinearRule.channels_last``); other leaves unchanged."""
+    if t.ndim == 4 and t.is_floating_point():
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
 def _join(parts: List[torch.Tensor], dim: int) -> torch.Tensor:
     """torch.cat, without a copy for a single part (a module called once)."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
@@ -251,10 +275,15 @@ def _module_features(c: _Covered, per_role) -> list:
     """Feature entries of one covered module from its calls' (input, cotangent) per role."""
     rule = c.rule
     if isinstance(rule, LinearRule):
-        us = [rule.patches(u) for u, _ in per_role[""]]
         gs = [rule.outputs(g) for _, g in per_role[""]]
         sw2 = rule.weight_scale ** 2 if "weight" in c.names else 0.0
         sb2 = rule.bias_scale ** 2 if "bias" in c.names else 0.0
+        if rule.channels_last and len(gs) == 1:  # a convolution called once: keep its input
+            u = per_role[""][0][0]
+            size = rule.patches(u[:1]).shape[2]
+            return [_LayerFeatures(None, gs[0], sw2, sb2, rule.input_gram,
+                                   lambda: rule.patches(u), size)]
+        us = [rule.patches(u) for u, _ in per_role[""]]
         return [_LayerFeatures(_join(us, 1), _join(gs, 2), sw2, sb2, rule.input_gram)]
     if isinstance(rule, ElementwiseRule):
         j = None
@@ -316,22 +345,27 @@ def _cotangents(out: torch.Tensor, probes: List[torch.Tensor], k: int):
 def layer_kernel(a: _LayerFeatures, b: _LayerFeatures, same: bool, full: bool) -> torch.Tensor:
     """One layer's contribution (na, nb, k, k) or (na, nb, k): see the module docstring."""
     k, na, T, o = a.g.shape
-    nb, S, dim_in = b.g.shape[1], b.g.shape[2], a.u.shape[2]
+    nb, S, dim_in = b.g.shape[1], b.g.shape[2], a.dim_in
     result = None
     if a.weight_scale2:
         kk = k * k if full else k
         cost_gram = na * nb * T * S * (dim_in + kk * o)
         cost_grad = k * (na * T + nb * S) * o * dim_in + na * nb * kk * o * dim_in
-        if T == 1 and S == 1:
-            ku = _input_gram(a, b, 0, na).to(a.g.dtype)
+        ua = a.patches()
+        ub = ua if same else b.patches()
+        if T == 1 and S == 1:  # (s_w² U Uᵀ + s_b²) ∘ G Gᵀ: the bias shares the cotangent Gram
+            ku = _input_gram(a, ua, ub, 0, na).to(a.g.dtype).mul_(a.weight_scale2)
+            if a.bias_scale2:
+                ku.add_(a.bias_scale2)
             kg = contract_jacobians(a.g[:, :, 0].transpose(0, 1), b.g[:, :, 0].transpose(0, 1), full)
-            result = kg.mul_(ku[:, :, None, None] if full else ku[:, :, None])
-        elif a.input_gram is not None or cost_gram <= cost_grad:
-            result = _gram_of_grams(a, b, full)
+            return kg.mul_(ku[:, :, None, None] if full else ku[:, :, None])
+        if a.input_gram is not None or cost_gram <= cost_grad:
+            result = _gram_of_grams(a, b, full, ua, ub)
         else:
-            wa = _per_example_weight_grad(a)
-            wb = wa if same else _per_example_weight_grad(b)
+            wa = _per_example_weight_grad(a, ua)
+            wb = wa if same else _per_example_weight_grad(b, ub)
             result = contract_jacobians(wa, wb, full)
+        del ua, ub
         result = result.mul_(a.weight_scale2)
     if a.bias_scale2:
         ga = a.g.sum(dim=2).transpose(0, 1)  # (na, k, o)
@@ -344,22 +378,26 @@ def layer_kernel(a: _LayerFeatures, b: _LayerFeatures, same: bool, full: bool) -
     return result
 
 
-def _input_gram(a: _LayerFeatures, b: _LayerFeatures, i0: int, i1: int) -> torch.Tensor:
-    """u_it · u_js for the examples i0..i1-1 of a and all of b: (rows·T, nb·S)."""
-    ua = a.u[i0:i1]
+def _input_gram(a: _LayerFeatures, ua: torch.Tensor, ub: torch.Tensor, i0: int, i1: int
+                ) -> torch.Tensor:
+    """u_it · u_js for the examples i0..i1-1 of a's patches ua and all of ub: (rows·T, nb·S)."""
+    ua = ua[i0:i1]
     if a.input_gram is not None:
-        return a.input_gram(ua, b.u)
-    return ua.reshape(-1, ua.shape[-1]) @ b.u.reshape(-1, b.u.shape[-1]).T
+        return a.input_gram(ua, ub)
+    return ua.reshape(-1, ua.shape[-1]) @ ub.reshape(-1, ub.shape[-1]).T
 
 
-def _per_example_weight_grad(f: _LayerFeatures) -> torch.Tensor:
-    """Σ_t g^c_t u_tᵀ for each example: (n, k, o·a)."""
+def _per_example_weight_grad(f: _LayerFeatures, u: Optional[torch.Tensor] = None
+                             ) -> torch.Tensor:
+    """Σ_t g^c_t u_tᵀ for each example: (n, k, o·a); u: f's patches if already at hand."""
     k, n, T, o = f.g.shape
-    w = torch.einsum("cnto,nta->ncoa", f.g, f.u)
+    w = torch.einsum("cnto,nta->ncoa", f.g, f.patches() if u is None else u)
     return w.reshape(n, k, -1)
 
 
-def _gram_of_grams(a: _LayerFeatures, b: _LayerFeatures, full: bool) -> torch.Tensor:
+def _gram_of_grams(a: _LayerFeatures, b: _LayerFeatures, full: bool,
+                   ua: Optional[torch.Tensor] = None, ub: Optional[torch.Tensor] = None
+                   ) -> torch.Tensor:
     """Σ_{t,s} (u_it·u_js)(g^c_it·g^d_js), looping over the needed (c, d) output pairs and over
     chunks of the rows (at most ``GRAM_CHUNK`` Gram entries at once)."""
     k, na, T, o = a.g.shape
@@ -368,9 +406,11 @@ def _gram_of_grams(a: _LayerFeatures, b: _LayerFeatures, full: bool) -> torch.Te
     out = a.g.new_empty((na, nb, k, k) if full else (na, nb, k))
     step = max(1, GRAM_CHUNK // max(1, T * nb * S))
     gb = [b.g[d].reshape(nb * S, o) for d in range(k)]
+    ua = a.patches() if ua is None else ua
+    ub = b.patches() if ub is None else ub
     for i0 in range(0, na, step):
         i1 = min(i0 + step, na)
-        ku = _input_gram(a, b, i0, i1).to(a.g.dtype)  # ((i1-i0) T, nb S)
+        ku = _input_gram(a, ua, ub, i0, i1).to(a.g.dtype)  # ((i1-i0) T, nb S)
         for c, d in pairs:
             kg = a.g[c, i0:i1].reshape(-1, o) @ gb[d].T
             val = (kg.mul_(ku)).reshape(i1 - i0, T, nb, S).sum(dim=(1, 3))
