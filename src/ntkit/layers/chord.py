@@ -86,7 +86,6 @@ def affine_(chord: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, w2: float, 
     if b2:
         s1, s2 = torch.sqrt(v1), torch.sqrt(v2)
         den = torch.mul(torch.sqrt(w2 * v1 + b2), torch.sqrt(w2 * v2 + b2))
-        den.add_(s1 * s2, alpha=w2).add_(b2)
-        gap = s1 - s2
-        chord.addcdiv_(gap * gap, den, value=2.0 * b2)
+        den.addcmul_(s1, s2, value=w2).add_(b2)
+        chord.addcdiv_(torch.sub(s1, s2).square_(), den, value=2.0 * b2)
     return chord.mul_(w2)

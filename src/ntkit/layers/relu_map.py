@@ -55,6 +55,8 @@ ASIN_COEFS_F32 = (0.9999999957384342, 0.16666787011719464, 0.07494534269355964,
 # |ρ| > 1 - SNAP_ULPS·eps is set to ±1 (eps of the dtype computed in)
 SNAP_ULPS = 4
 _SERIES_MAX_THETA = 0.3
+# S(θ) = Σ_{k≥1} (-1)^(k+1) 2k θ^(2k+1)/(2k+1)!: the coefficients of θ^17, θ^15, ..., θ^3
+_S_SERIES = tuple((-1) ** (k + 1) * 2 * k / math.factorial(2 * k + 1) for k in range(8, 0, -1))
 
 
 def coefs(a: float, b: float) -> Tuple[float, float]:
@@ -93,17 +95,20 @@ def sin_minus_theta_cos(theta: torch.Tensor) -> torch.Tensor:
     """S(θ) = sin θ - θ cos θ, accurate to a few ulps for every θ in [0, π] (the Taylor series
     Σ_{k≥1} (-1)^(k+1) 2k θ^(2k+1)/(2k+1)! up to θ^17 below θ = 0.3, where the difference
     cancels)."""
-    direct = torch.sin(theta) - theta * torch.cos(theta)
     small = theta < _SERIES_MAX_THETA
     if not bool(small.any()):
-        return direct
-    t = torch.where(small, theta, torch.zeros_like(theta))
-    t2 = t * t
-    series = torch.zeros_like(t)
-    for k in range(8, 0, -1):
-        series = series * t2 + (-1) ** (k + 1) * 2 * k / math.factorial(2 * k + 1)
-    series = series * t2 * t
-    return torch.where(small, series, direct)
+        return torch.sin(theta) - theta * torch.cos(theta)
+    # the series everywhere (Horner, in place), then the direct form where θ is not small
+    t2 = theta * theta
+    series = torch.full_like(t2, _S_SERIES[0])
+    for c in _S_SERIES[1:]:
+        series.mul_(t2).add_(c)
+    series.mul_(t2).mul_(theta)
+    big = ~small
+    if bool(big.any()):
+        t = theta[big]
+        series[big] = torch.sin(t) - t * torch.cos(t)
+    return series
 
 
 def exact_map(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, half_sum: float,
@@ -133,14 +138,15 @@ def exact_map(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, half_sum: f
 def theta_from_chord(chord: torch.Tensor, sv: torch.Tensor) -> torch.Tensor:
     """θ = 2 asin √h, h = sin²(θ/2) = (1 - ρ)/2 = chord / (4 sv) clamped to [0, 1] (sv =
     √(v1 v2) > 0): the angle to the relative precision of the chord (module doc)."""
-    h = (chord / (4 * sv)).clamp(0.0, 1.0)
-    return 2 * torch.asin(torch.sqrt(h))
+    h = torch.div(chord, sv).mul_(0.25).clamp_(0.0, 1.0)
+    return h.sqrt_().asin_().mul_(2.0)
 
 
-def _angle_terms(theta: torch.Tensor, zero: torch.Tensor, sv: torch.Tensor
+def _angle_terms(theta: torch.Tensor, zero: Optional[torch.Tensor], sv: torch.Tensor
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(θ with π/2 where ``zero`` (a zero variance), √(v1 v2) · S(θ))."""
-    theta = torch.where(zero, torch.full_like(theta, math.pi / 2), theta)
+    """(θ with π/2 where ``zero`` (a zero variance; None: none), √(v1 v2) · S(θ))."""
+    if zero is not None:
+        theta = torch.where(zero, torch.full_like(theta, math.pi / 2), theta)
     return theta, sin_minus_theta_cos(theta).mul_(sv)
 
 
@@ -153,7 +159,10 @@ def chord_map(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, half_sum: f
     k = diff2 / (2 * math.pi)
     sv = torch.sqrt(v1 * v2)
     zero = sv == 0
-    theta, s = _angle_terms(theta_from_chord(chord, torch.where(zero, 1.0, sv)), zero, sv)
+    if bool(zero.any()):
+        theta, s = _angle_terms(theta_from_chord(chord, torch.where(zero, 1.0, sv)), zero, sv)
+    else:
+        theta, s = _angle_terms(theta_from_chord(chord, sv), None, sv)
     nngp = cov.mul_(half_sum).add_(s, alpha=k)
     dot = theta.mul_(-k).add_(half_sum) if need_dot else None
     return nngp, dot, chord.mul_(half_sum).sub_(s, alpha=2 * k).clamp_(min=0.0)
