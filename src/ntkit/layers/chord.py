@@ -31,6 +31,13 @@ pay for it; measured float32 off-diagonal NTK errors of the plain path, ReLU W_s
 ``relu_map.SNAP_ULPS`` ulps of ±1 (the snap convention). Only Linear and the ReLU family map
 the chord (``Layer.maps_chord``); ``base.apply_chain`` drops it before and after every other
 layer, and the next ReLU-family layer starts it again from the covariance.
+
+Accuracy (tests/test_depth.py, 40-digit mpmath, W_std = 2): the float32 NTK, off-diagonal
+included, is 5e-7 off at depth 1,000 (ReLU, b_std = 0; LeakyReLU(0.1), b_std = 0.1: 1e-5) and
+5e-5 (1.2e-4) at depth 10,000, where it was 7% (4%) and 81% (75%) off; float64 6e-12 ->
+2e-15 at depth 1,000 and 8e-8 -> 5e-15 at depth 10,000. Cost, deep chains only: torch
+elementwise passes instead of the native one-pass map, ~2.5x the CPU time of the plain path
+(float64, 256 inputs, 200 layers, one thread, measured on a loaded machine).
 """
 from __future__ import annotations
 
