@@ -6,6 +6,11 @@ second of ntkit and of neural-tangents (run side by side in the same invocation 
 one read+write pass over the NNGP and NTK matrices per layer (memory-bound elementwise work).
 
     .venv/bin/python benchmarks/fc_kernel.py [--sizes 2000 10000] [--repeats 3] [--no-peer]
+        [--data normal|mnist]
+
+``--data mnist``: x1 the first n MNIST training digits, x2 the next n (scaled to [0, 1], from
+../shared/data/mnist next to the checkout), instead of standard normal inputs; the native
+C++ path is turned off by NTKIT_NATIVE=0.
 """
 from __future__ import annotations
 
@@ -54,13 +59,19 @@ def main():
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--data", choices=["normal", "mnist"], default="normal")
     args = p.parse_args()
     net = arch()
     rng = np.random.default_rng(0)
     result = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
-              "arch": f"depth-{DEPTH} ReLU FC, W_std=1.5, b_std=0.05, d={D}", "cases": {}}
+              "arch": f"depth-{DEPTH} ReLU FC, W_std=1.5, b_std=0.05, d={D}", "data": args.data,
+              "native": os.environ.get("NTKIT_NATIVE", "1"), "cases": {}}
+    digits = None
+    if args.data == "mnist":
+        from ntkit.data.mnist import load_mnist
+        digits = load_mnist(ROOT.parent / "shared" / "data" / "mnist", dtype=np.float64).x_train
     peer = {}
-    if PEER.exists() and not args.no_peer:
+    if PEER.exists() and not args.no_peer and digits is None:
         cfg = json.dumps({"sizes": args.sizes, "dtypes": args.dtypes, "repeats": args.repeats,
                           "d": D, "depth": DEPTH})
         proc = subprocess.run([str(PEER), str(Path(__file__).with_name("peer") / "nt_fc_kernel.py"), cfg],
@@ -73,8 +84,11 @@ def main():
     for dt in args.dtypes:
         tdt = getattr(torch, dt)
         for n in args.sizes:
-            x1 = torch.as_tensor(rng.normal(size=(n, D)), dtype=tdt)
-            x2 = torch.as_tensor(rng.normal(size=(n, D)), dtype=tdt)
+            if digits is None:
+                x1 = torch.as_tensor(rng.normal(size=(n, D)), dtype=tdt)
+                x2 = torch.as_tensor(rng.normal(size=(n, D)), dtype=tdt)
+            else:
+                x1, x2 = (torch.as_tensor(digits[k * n:(k + 1) * n], dtype=tdt) for k in (0, 1))
             for mode in ("x2", "x2=None"):
                 other = x2 if mode == "x2" else None
                 t = median_time(lambda: net.kernel(x1, other), args.repeats)[0]

@@ -151,9 +151,16 @@ class Activation(Layer):
         v1, v2 = state.broadcast_vars()
         need_dot = state.ntk is not None
         nngp, dot, dist = self.pair_moments(state.cov, v1, v2, state.dist, need_dot)
+        return self._assemble(state, nngp, dot, dist)
+
+    def _assemble(self, state: KernelState, nngp: torch.Tensor, dot: Optional[torch.Tensor],
+                  dist: Optional[torch.Tensor]) -> KernelState:
+        """The state after the layer from its pair moments (``pair_moments``' outputs): the
+        variances mapped, Θ' = Θ·Σ̇, self-covariances pinned, the distance derived if the
+        map gave none."""
         var1 = self.var_moment(state.var1)
         var2 = var1 if state.same_inputs else self.var_moment(state.var2)
-        ntk = state.ntk.mul_(dot) if need_dot else None
+        ntk = state.ntk.mul_(dot) if state.ntk is not None else None
         pin_self_covariances_(state.replace(cov=nngp, var1=var1, var2=var2))
         if state.dist is not None and dist is None:
             w1, w2 = state.replace(var1=var1, var2=var2).broadcast_vars()

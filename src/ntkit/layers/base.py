@@ -7,6 +7,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
+from . import chord
 from .state import KernelState
 
 
@@ -28,6 +29,9 @@ class Layer:
     needs_pixel_pairs: bool = False
     #: True for layers with parameters (their gradients enter the NTK unless trainable=False).
     has_params: bool = False
+    #: True for layers that map ``KernelState.chord`` (Linear, the ReLU family); ``apply_chain``
+    #: drops it around every other layer (``ntkit.layers.chord``).
+    maps_chord: bool = False
 
     def apply(self, state: KernelState) -> KernelState:  # pragma: no cover - interface
         raise NotImplementedError
@@ -54,11 +58,17 @@ def apply_chain(layers: Sequence[Layer], state: KernelState, first: int = 0) -> 
     """Apply ``layers`` in order, the state renormalized after each (``KernelState
     .renormalized``: exact power-of-two rescaling, so deep kernels neither overflow nor
     underflow). ``first`` is the depth of ``layers[0]`` in the architecture; an OverflowError
-    of a layer is re-raised naming the layer and its depth."""
+    of a layer is re-raised naming the layer and its depth. A deep ReLU-family chain carries
+    precise angles (``chord.for_chain``), dropped around layers that do not map them."""
+    state = chord.for_chain(layers, state)
     for k, layer in enumerate(layers, first):
+        if not layer.maps_chord:
+            state = chord.dropped(state)
         try:
             state = layer.apply(state)
         except OverflowError as err:
             raise OverflowError(f"layer {k} ({type(layer).__name__}): {err}") from None
+        if not layer.maps_chord:
+            state = chord.dropped(state)
         state = state.renormalized()
     return state

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from . import chord as chord_
 from .finite import NTKLinear
 from .base import Layer, check_parameterization
 from .hyper import check_optional_scale, check_scale, check_width
@@ -46,10 +47,12 @@ class Linear(Layer):
     where n_in is the finite width of the layer's input: in the standard parameterization the
     NTK depends on widths, as in neural-tangents. ``out_features`` matters only to ``init``
     (and to the next layer's n_in in the standard parameterization).
-    The squared distance E[(z - z')^2] maps as W_std^2 d (the bias cancels).
+    The squared distance E[(z - z')^2] maps as W_std^2 d (the bias cancels); the chord of deep
+    ReLU-family chains by ``chord.affine_``.
     """
 
     has_params = True
+    maps_chord = True
 
     def __init__(self, out_features: int, W_std: float = 1.0, b_std: Optional[float] = 0.0,
                  parameterization: str = "ntk", trainable: bool = True):
@@ -74,6 +77,9 @@ class Linear(Layer):
             if self.b_std is not None:
                 own.add_(one)
             ntk, offset = (own, 0) if ntk is None else state.ntk_add_(ntk, own, alpha=w2)
+        chord = state.chord
+        if chord is not None:  # before the variances change (in place)
+            chord = chord_.affine_(chord, *state.broadcast_vars(), w2, b2)
         cov = _affine_(state.cov, w2, b2)
         var1 = _affine_(state.var1, w2, b2)
         var2 = var1 if state.same_inputs else _affine_(state.var2, w2, b2)
@@ -83,7 +89,7 @@ class Linear(Layer):
         elif not trains and ntk is not None:
             ntk.mul_(w2)
         dist = None if state.dist is None else state.dist.mul_(w2)
-        return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=dist,
+        return state.replace(cov=cov, var1=var1, var2=var2, ntk=ntk, dist=dist, chord=chord,
                              width=self.out_features, ntk_log2_offset=offset)
 
     def out_shape(self, in_shape: Tuple[int, ...]) -> Tuple[int, ...]:

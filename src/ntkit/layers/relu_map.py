@@ -19,7 +19,15 @@ tests/test_layers_relu_map.py):
   input against itself, which would otherwise show as θ ≈ 1e-8 instead of 0;
 * nearly equal inputs (the precise path): θ from the squared distance d = E[(u-v)²] instead
   of the correlation, sin²(θ/2) = (d - (√v1 - √v2)²) / (4 √(v1 v2)) clamped to [0, 1], and
-  S(θ) by its Taylor series for small θ (arccos of 1 - O(ε) would lose half the digits).
+  S(θ) by its Taylor series for small θ (arccos of 1 - O(ε) would lose half the digits);
+* deep chains (``chord_map``): θ from the chord e = 2 √(v1 v2)(1 - ρ) = d - (√v1 - √v2)²
+  carried itself (``ntkit.layers.chord``), sin²(θ/2) = e / (4 √(v1 v2)) clamped to [0, 1].
+  With √(v1' v2') = hs √(v1 v2) after the map, the post-activation chord is
+
+      e' = 2 (hs √(v1 v2) - E[φ(u)φ(v)]) = hs · e - 2k · √(v1 v2) · S(θ),
+
+  a difference without cancellation for small θ (hs · e ≈ hs √(v1 v2) θ², the second term
+  ≈ (2k/3) √(v1 v2) θ³), clamped at 0.
 
 ``exact_map`` is the reference (float64 via ``reference``; it is also the precise path of the
 layers in their own dtype). ``fast_map`` is the drop-in of the fast paths (the fully-connected
@@ -47,6 +55,8 @@ ASIN_COEFS_F32 = (0.9999999957384342, 0.16666787011719464, 0.07494534269355964,
 # |ρ| > 1 - SNAP_ULPS·eps is set to ±1 (eps of the dtype computed in)
 SNAP_ULPS = 4
 _SERIES_MAX_THETA = 0.3
+# S(θ) = Σ_{k≥1} (-1)^(k+1) 2k θ^(2k+1)/(2k+1)!: the coefficients of θ^17, θ^15, ..., θ^3
+_S_SERIES = tuple((-1) ** (k + 1) * 2 * k / math.factorial(2 * k + 1) for k in range(8, 0, -1))
 
 
 def coefs(a: float, b: float) -> Tuple[float, float]:
@@ -85,17 +95,20 @@ def sin_minus_theta_cos(theta: torch.Tensor) -> torch.Tensor:
     """S(θ) = sin θ - θ cos θ, accurate to a few ulps for every θ in [0, π] (the Taylor series
     Σ_{k≥1} (-1)^(k+1) 2k θ^(2k+1)/(2k+1)! up to θ^17 below θ = 0.3, where the difference
     cancels)."""
-    direct = torch.sin(theta) - theta * torch.cos(theta)
     small = theta < _SERIES_MAX_THETA
     if not bool(small.any()):
-        return direct
-    t = torch.where(small, theta, torch.zeros_like(theta))
-    t2 = t * t
-    series = torch.zeros_like(t)
-    for k in range(8, 0, -1):
-        series = series * t2 + (-1) ** (k + 1) * 2 * k / math.factorial(2 * k + 1)
-    series = series * t2 * t
-    return torch.where(small, series, direct)
+        return torch.sin(theta) - theta * torch.cos(theta)
+    # the series everywhere (Horner, in place), then the direct form where θ is not small
+    t2 = theta * theta
+    series = torch.full_like(t2, _S_SERIES[0])
+    for c in _S_SERIES[1:]:
+        series.mul_(t2).add_(c)
+    series.mul_(t2).mul_(theta)
+    big = ~small
+    if bool(big.any()):
+        t = theta[big]
+        series[big] = torch.sin(t) - t * torch.cos(t)
+    return series
 
 
 def exact_map(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, half_sum: float,
@@ -114,14 +127,45 @@ def exact_map(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, half_sum: f
         theta = torch.acos(snap_(cov / safe))
     else:
         gap = torch.sqrt(v1) - torch.sqrt(v2)
-        h = ((dist - gap * gap) / (4 * safe)).clamp(0.0, 1.0)  # sin²(θ/2)
-        theta = 2 * torch.asin(torch.sqrt(h))
-    theta = torch.where(zero, torch.full_like(theta, math.pi / 2), theta)
-    s = sin_minus_theta_cos(theta) * sv
+        theta = theta_from_chord(dist - gap * gap, safe)
+    theta, s = _angle_terms(theta, zero, sv)
     nngp = half_sum * cov + k * s
     dot = half_sum - k * theta if need_dot else None
     new_dist = None if dist is None else (half_sum * dist - 2 * k * s).clamp(min=0.0)
     return nngp, dot, new_dist
+
+
+def theta_from_chord(chord: torch.Tensor, sv: torch.Tensor) -> torch.Tensor:
+    """θ = 2 asin √h, h = sin²(θ/2) = (1 - ρ)/2 = chord / (4 sv) clamped to [0, 1] (sv =
+    √(v1 v2) > 0): the angle to the relative precision of the chord (module doc)."""
+    h = torch.div(chord, sv).mul_(0.25).clamp_(0.0, 1.0)
+    return h.sqrt_().asin_().mul_(2.0)
+
+
+def _angle_terms(theta: torch.Tensor, zero: Optional[torch.Tensor], sv: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(θ with π/2 where ``zero`` (a zero variance; None: none), √(v1 v2) · S(θ))."""
+    if zero is not None:
+        theta = torch.where(zero, torch.full_like(theta, math.pi / 2), theta)
+    return theta, sin_minus_theta_cos(theta).mul_(sv)
+
+
+def chord_map(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, half_sum: float,
+              diff2: float, chord: torch.Tensor, need_dot: bool
+              ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """The map with θ from the chord e = 2 √(v1 v2)(1 - ρ) (module doc), in the dtype of its
+    inputs; ``cov`` and ``chord`` (same shape) are consumed (overwritten). v1, v2 broadcast
+    against cov. Returns (E[φ(u)φ(v)], E[φ'(u)φ'(v)] or None, e' = hs·e - 2k·√(v1 v2)·S(θ))."""
+    k = diff2 / (2 * math.pi)
+    sv = torch.sqrt(v1 * v2)
+    zero = sv == 0
+    if bool(zero.any()):
+        theta, s = _angle_terms(theta_from_chord(chord, torch.where(zero, 1.0, sv)), zero, sv)
+    else:
+        theta, s = _angle_terms(theta_from_chord(chord, sv), None, sv)
+    nngp = cov.mul_(half_sum).add_(s, alpha=k)
+    dot = theta.mul_(-k).add_(half_sum) if need_dot else None
+    return nngp, dot, chord.mul_(half_sum).sub_(s, alpha=2 * k).clamp_(min=0.0)
 
 
 def reference(cov: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, a: float, b: float,

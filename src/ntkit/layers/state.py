@@ -10,6 +10,13 @@ batches of inputs x1 (n1 of them) and x2 (n2 of them), in the infinite-width lim
 * ``dist``  optional E[(z(x) - z(x'))^2], same shape as ``cov``. Carried only by the precise
             pairwise layout, where it keeps the angle between nearly equal inputs exact (the
             naive arccos of a correlation near 1 loses half the digits);
+* ``chord`` optional 2 sqrt(v1 v2)(1 - rho) = E[(z(x) - z(x'))^2] - (sqrt(v1) - sqrt(v2))^2,
+            rho the correlation, same shape as ``cov``: the squared chord between the
+            normalized pre-activations times sqrt(v1 v2). Carried by dense flat states of deep
+            ReLU-family chains (``precise_angles``), where it keeps 1 - rho, hence the angle,
+            to working precision when rho is within rounding of 1 (``ntkit.layers.chord``);
+* ``precise_angles`` True inside a chain of many ReLU-family layers (set from the
+            architecture by ``base.apply_chain``): the ReLU family then starts ``chord``;
 * ``width`` the channel count of the finite network at this point (only the standard
             parameterization's NTK depends on it, exactly as in neural-tangents);
 * ``same_inputs`` True when x2 is x1 (layout "dense": cov is symmetric and var2 holds the same
@@ -35,8 +42,8 @@ A pixel-pair input state may defer its covariance: ``cov`` is None and ``images`
 (m, C, H, W) each, until ``image_state.materialize`` computes it (the fused native pass writes
 it straight into its padded buffers instead).
 
-Scales (deep kernels, issue 13). The NNGP tensors (cov, var1, var2, dist) are stored at scale
-2**log2_scale: the true second moments are 2**log2_scale times them. The NTK has its own
+Scales (deep kernels, issue 13). The NNGP tensors (cov, var1, var2, dist, chord) are stored at
+scale 2**log2_scale: the true second moments are 2**log2_scale times them. The NTK has its own
 exponent, stored relative to the NNGP's: the true NTK is 2**(log2_scale + ntk_log2_offset)
 times ``ntk``. Both are kept near 1 by ``renormalized`` (exact power-of-two rescaling). The NTK
 needs its own: in the chaotic phase (e.g. Erf with W_std = 3) Θ grows like χ^L while Σ stays at
@@ -81,6 +88,9 @@ class KernelState:
     log2_scale: int = 0
     #: true NTK = 2**(log2_scale + ntk_log2_offset) x ``ntk`` (0 while ntk is None)
     ntk_log2_offset: int = 0
+    chord: Optional[torch.Tensor] = None
+    #: set by ``base.apply_chain`` for deep ReLU-family chains (``ntkit.layers.chord``)
+    precise_angles: bool = False
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)
@@ -110,7 +120,8 @@ class KernelState:
         var2 = var1 if self.var2 is self.var1 else mul_pow2(self.var2, shift)
         offset = self.ntk_log2_offset + shift if self.ntk is not None else 0
         return self.replace(cov=mul_pow2(self.cov, shift), var1=var1, var2=var2,
-                            dist=mul_pow2(self.dist, shift), log2_scale=int(e),
+                            dist=mul_pow2(self.dist, shift),
+                            chord=mul_pow2(self.chord, shift), log2_scale=int(e),
                             ntk_log2_offset=offset)
 
     def ntk_at_offset(self, offset: int) -> "KernelState":
