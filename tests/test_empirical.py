@@ -169,12 +169,13 @@ def test_conv_gram_of_grams_and_weight_gradient_forms_agree():
     s = st.StructuredDerivatives(fn)
     ([fa],), _, _ = s.prepare(x1)
     ([fb],), _, _ = s.prepare(x2)
+    ua, ub = fa.patches(), fb.patches()
     for full in (True, False):
         r = ref if full else torch.diagonal(ref, dim1=2, dim2=3)
-        gram = st._gram_of_grams(fa, fb, full) + st.contract_jacobians(
+        gram = st._gram_of_grams(fa, fb, full, ua, ub) + st.contract_jacobians(
             fa.g.sum(2).transpose(0, 1), fb.g.sum(2).transpose(0, 1), full)
-        grad = st.contract_jacobians(st._per_example_weight_grad(fa),
-                                     st._per_example_weight_grad(fb), full) + \
+        grad = st.contract_jacobians(st._per_example_weight_grad(fa, ua),
+                                     st._per_example_weight_grad(fb, ub), full) + \
             st.contract_jacobians(fa.g.sum(2).transpose(0, 1), fb.g.sum(2).transpose(0, 1), full)
         assert_close(gram, r)
         assert_close(grad, r)

@@ -157,8 +157,8 @@ def profile(fn: ModelFunction, x: Batch, rules: StructuredDerivatives,
 #: is the slower per multiply-add: per-example weight gradients over 32 tokens and passes over
 #: the n²T² token Gram are memory-bound), so no single weight is right everywhere: weighting
 #: structured per-example weight gradients like Jacobians routes the transformers right but the
-#: 20-image CNN to Jacobians, 2.5x slower (a memory-traffic term is the next step). Measured on
-#: a shared machine at load 4-7, to be re-measured on a quiet one.
+#: 20-image CNN to Jacobians, 2.5x slower; the memory-traffic term (``SECONDS_PER_NUMBER``,
+#: ``traffic``) now separates them. Measured on a shared machine at load 4-7.
 SECONDS_PER_MAC = {"jacobian": 1.3, "ntvp": 1.3, "structured": 1.0}
 
 

@@ -387,27 +387,24 @@ def _input_gram(a: _LayerFeatures, ua: torch.Tensor, ub: torch.Tensor, i0: int, 
     return ua.reshape(-1, ua.shape[-1]) @ ub.reshape(-1, ub.shape[-1]).T
 
 
-def _per_example_weight_grad(f: _LayerFeatures, u: Optional[torch.Tensor] = None
-                             ) -> torch.Tensor:
-    """Σ_t g^c_t u_tᵀ for each example: (n, k, o·a); u: f's patches if already at hand."""
+def _per_example_weight_grad(f: _LayerFeatures, u: torch.Tensor) -> torch.Tensor:
+    """Σ_t g^c_t u_tᵀ for each example: (n, k, o·a); u (n, T, a): f's patches."""
     k, n, T, o = f.g.shape
-    w = torch.einsum("cnto,nta->ncoa", f.g, f.patches() if u is None else u)
+    w = torch.einsum("cnto,nta->ncoa", f.g, u)
     return w.reshape(n, k, -1)
 
 
-def _gram_of_grams(a: _LayerFeatures, b: _LayerFeatures, full: bool,
-                   ua: Optional[torch.Tensor] = None, ub: Optional[torch.Tensor] = None
-                   ) -> torch.Tensor:
+def _gram_of_grams(a: _LayerFeatures, b: _LayerFeatures, full: bool, ua: torch.Tensor,
+                   ub: torch.Tensor) -> torch.Tensor:
     """Σ_{t,s} (u_it·u_js)(g^c_it·g^d_js), looping over the needed (c, d) output pairs and over
-    chunks of the rows (at most ``GRAM_CHUNK`` Gram entries at once)."""
+    chunks of the rows (at most ``GRAM_CHUNK`` Gram entries at once); ua, ub: a's and b's
+    patches."""
     k, na, T, o = a.g.shape
     nb, S = b.g.shape[1], b.g.shape[2]
     pairs = [(c, d) for c in range(k) for d in range(k)] if full else [(c, c) for c in range(k)]
     out = a.g.new_empty((na, nb, k, k) if full else (na, nb, k))
     step = max(1, GRAM_CHUNK // max(1, T * nb * S))
     gb = [b.g[d].reshape(nb * S, o) for d in range(k)]
-    ua = a.patches() if ua is None else ua
-    ub = b.patches() if ub is None else ub
     for i0 in range(0, na, step):
         i1 = min(i0 + step, na)
         ku = _input_gram(a, ua, ub, i0, i1).to(a.g.dtype)  # ((i1-i0) T, nb S)
